@@ -1,0 +1,78 @@
+# DP-Face kit. Two commands for a fresh machine: `make pipeline` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# Name of the pipeline run under runs/; a new timestamped folder each time unless given.
+RUN    ?= $(shell date +%Y%m%d-%H%M%S)
+PYTEST_ARGS ?=
+
+# CUDA: build the CUDA sources of the kernels whenever nvcc is found.
+NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+ifneq ($(NVCC),)
+export CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+# Hopper only by default: keeps a CI build to a few minutes. Override, e.g. TORCH_CUDA_ARCH_LIST="8.0;9.0".
+export TORCH_CUDA_ARCH_LIST ?= 9.0
+export DPFACE_WITH_CUDA ?= 1
+else
+export DPFACE_WITH_CUDA ?= 0
+endif
+export MAX_JOBS ?= 2
+
+DEPS_STAMP    := $(VENV)/.dpface-deps
+KERNELS_STAMP := $(VENV)/.dpface-kernels
+KERNEL_SOURCES := $(wildcard kernels/csrc/*.cpp kernels/csrc/*.cu kernels/csrc/*.h) kernels/setup.py kernels/pyproject.toml
+
+.PHONY: help setup deps kernels pipeline test test-fast lab lint bench clean
+
+help:
+	@echo "make pipeline   set up if needed, build kernels, run the notebook pipeline on data_samples/ (runs/RUN)"
+	@echo "make test       set up if needed, run every test, notebooks included"
+	@echo "make setup | kernels | lab | lint | bench | clean"
+
+## setup: .venv with torch, the project (editable, dev extras), a Jupyter kernel, and the compiled kernels.
+setup: deps kernels
+
+deps: $(DEPS_STAMP)
+$(DEPS_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel ninja
+	$(PIP) install -q $(TORCH_PINS)
+	$(PIP) install -q -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name dpface --display-name "Python (DP-Face kit)" >/dev/null
+	@touch $@
+
+## kernels: the dpface_kernels extension, built against the venv's torch (no build isolation).
+kernels: $(KERNELS_STAMP)
+$(KERNELS_STAMP): $(DEPS_STAMP) $(KERNEL_SOURCES)
+	@echo "building dpface_kernels (CUDA: $(DPFACE_WITH_CUDA), CUDA_HOME=$${CUDA_HOME:-none}, arch=$${TORCH_CUDA_ARCH_LIST:-none})"
+	$(PIP) install -q --no-build-isolation -e kernels
+	$(PY) -c "import dpface_kernels as k; print('dpface_kernels compiled:', k.has_compiled(), 'cuda:', k.has_cuda())"
+	@touch $@
+
+pipeline: setup
+	$(VENV)/bin/dpface pipeline pipeline.yaml --out runs/$(RUN)
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
+		--nbval-sanitize-with tests/notebooks/sanitize.cfg $(PYTEST_ARGS) tests notebooks
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+lint: deps
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf kernels/build kernels/*.egg-info $(KERNELS_STAMP)
+	find kernels -name '*.so' -delete
