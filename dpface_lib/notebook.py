@@ -18,7 +18,7 @@ def setup_notebook(seed: int = 0, *, torch_threads: int | None = None) -> dict[s
     refer to them without guessing its working directory.
     """
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - notebooks that use the legacy global RNG stay reproducible
     np.set_printoptions(precision=4, suppress=True, linewidth=110)
     try:
         import torch

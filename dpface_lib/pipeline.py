@@ -1,0 +1,292 @@
+"""Notebook pipeline: run numbered notebooks in order with papermill, with parameter sweeps.
+
+A pipeline file (YAML) lists steps; each step is a notebook plus papermill parameters, and may
+declare a ``grid`` (a sweep) that expands into one run per combination::
+
+    name: samples
+    parameters:            # given to every step whose notebook declares them
+      data_root: null
+    steps:
+      - name: geometry
+        notebook: notebooks/02_dp_geometry.ipynb
+        parameters: {focus_mm: 970}
+      - name: train
+        notebook: notebooks/05_train_baseline.ipynb
+        parameters: {profile: tiny}
+        grid: {model: [psmnet, dpnet]}
+
+``run_pipeline`` writes ``OUT/<step>[__<k>-<v>_...].ipynb`` for each run and ``OUT/summary.csv``
+(step, notebook, parameters, status, seconds, output). Notebooks that declare an ``out_dir``
+parameter get ``OUT/<run name>/`` for the files they write. A failing cell stops the pipeline with
+the notebook and cell named; the partially executed notebook is kept for inspection. An existing
+non-empty ``OUT`` is never overwritten: use ``resume=True`` to re-run only the runs that did not
+finish, or pick a new folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dpface_lib import REPO_ROOT
+
+SUMMARY_FIELDS = ["step", "notebook", "parameters", "status", "seconds", "output"]
+DEFAULT_KERNEL = "dpface"
+
+
+class PipelineError(RuntimeError):
+    """A pipeline file is invalid or a step failed; the message says which file/step/cell."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One notebook execution: a step with concrete parameters."""
+
+    step: str
+    notebook: Path
+    parameters: dict[str, Any]
+    swept: tuple[str, ...] = field(default=())
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """``step`` or ``step__k-v_k-v`` for the swept keys (file-system safe)."""
+        if not self.swept:
+            return self.step
+        parts = [f"{key}-{_slug(self.parameters[key])}" for key in self.swept]
+        return f"{self.step}__{'_'.join(parts)}"
+
+
+def _slug(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
+
+
+def load_pipeline(path: str | os.PathLike, base_dir: str | os.PathLike | None = None) -> list[Run]:
+    """Read a pipeline YAML and expand it into runs, in order.
+
+    Notebook paths are relative to ``base_dir`` (default: the folder of the YAML file).
+    Raises :class:`PipelineError` naming the file and the offending step/key.
+    """
+    path = Path(path)
+    base = Path(base_dir) if base_dir is not None else path.resolve().parent
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise PipelineError(f"{path}: cannot read pipeline file: {err}") from err
+    if not isinstance(spec, dict) or not isinstance(spec.get("steps"), list) or not spec["steps"]:
+        raise PipelineError(f"{path}: expected a mapping with a non-empty list under 'steps'")
+    unknown = set(spec) - {"name", "description", "parameters", "steps"}
+    if unknown:
+        raise PipelineError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    shared = spec.get("parameters") or {}
+    if not isinstance(shared, dict):
+        raise PipelineError(f"{path}: 'parameters' must be a mapping")
+
+    runs: list[Run] = []
+    seen: set[str] = set()
+    for i, step in enumerate(spec["steps"]):
+        where = f"{path}: step {i + 1}"
+        if not isinstance(step, dict) or "name" not in step or "notebook" not in step:
+            raise PipelineError(f"{where}: each step needs 'name' and 'notebook'")
+        name = str(step["name"])
+        where = f"{path}: step {name!r}"
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise PipelineError(f"{where}: name may only use letters, digits, '_', '.', '-'")
+        if name in seen:
+            raise PipelineError(f"{where}: duplicate step name")
+        seen.add(name)
+        extra = set(step) - {"name", "notebook", "parameters", "grid", "description"}
+        if extra:
+            raise PipelineError(f"{where}: unknown keys {sorted(extra)}")
+        notebook = (base / step["notebook"]).resolve()
+        if not notebook.is_file():
+            raise PipelineError(f"{where}: notebook {step['notebook']} not found (looked at {notebook})")
+        params = dict(step.get("parameters") or {})
+        grid = step.get("grid") or {}
+        if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
+            raise PipelineError(f"{where}: 'grid' must map each parameter to a non-empty list")
+        overlap = set(grid) & set(params)
+        if overlap:
+            raise PipelineError(f"{where}: {sorted(overlap)} given both in 'parameters' and 'grid'")
+        keys = tuple(grid)
+        for combo in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
+            merged = {**params, **dict(zip(keys, combo, strict=True))}
+            runs.append(Run(step=name, notebook=notebook, parameters=merged, swept=keys, shared=shared))
+    return runs
+
+
+def _declared_parameters(notebook: Path) -> dict[str, Any]:
+    import papermill
+
+    return papermill.inspect_notebook(str(notebook))
+
+
+def _resolve_parameters(run: Run, out_dir: Path) -> dict[str, Any]:
+    """Shared parameters the notebook declares + the step's own (validated) + ``out_dir``."""
+    declared = _declared_parameters(run.notebook)
+    own = run.parameters
+    unknown = sorted(set(own) - set(declared))
+    if unknown:
+        raise PipelineError(
+            f"step {run.step!r}: {run.notebook.name} has no parameter(s) {unknown}; "
+            f"its parameters cell declares {sorted(declared)}"
+        )
+    shared = {k: v for k, v in run.shared.items() if k in declared}
+    params = {**shared, **own}
+    if "out_dir" in declared and "out_dir" not in own:
+        params["out_dir"] = str(out_dir / run.name)
+    return params
+
+
+def _kernel_name(requested: str | None) -> str:
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    name = requested or DEFAULT_KERNEL
+    try:
+        KernelSpecManager().get_kernel_spec(name)
+        return name
+    except NoSuchKernel:
+        if requested:
+            raise PipelineError(
+                f"Jupyter kernel {requested!r} not found (see `jupyter kernelspec list`)"
+            ) from None
+        print(f"note: kernel {name!r} not installed (run `make setup`); using 'python3'", file=sys.stderr)
+        return "python3"
+
+
+def _read_summary(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def run_pipeline(
+    pipeline_file: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    only: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    kernel: str | None = None,
+    cell_progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Execute the pipeline; returns the summary rows (also written to ``out_dir/summary.csv``).
+
+    ``only``: step names to run (others skipped). ``overrides``: parameters applied to every run whose
+    notebook declares them (e.g. ``{"data_root": "/data/facedp"}``). ``resume``: allow an existing
+    ``out_dir`` and skip runs already recorded as ``ok`` there.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+    from tqdm.auto import tqdm
+
+    runs = load_pipeline(pipeline_file)
+    if only:
+        missing = sorted(set(only) - {r.step for r in runs})
+        if missing:
+            raise PipelineError(f"unknown step(s) {missing}; steps: {sorted({r.step for r in runs})}")
+        runs = [r for r in runs if r.step in only]
+    out = Path(out_dir)
+    summary_path = out / "summary.csv"
+    previous = _read_summary(summary_path)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise PipelineError(
+            f"{out} already exists and is not empty: choose another --out, or pass --resume to re-run "
+            "only the runs that did not finish"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    done = {(row["step"], row["output"]) for row in previous if row["status"] == "ok"}
+    kernel_name = _kernel_name(kernel)
+
+    rows: list[dict[str, Any]] = [row for row in previous if row["status"] == "ok"]
+    bar = tqdm(runs, desc="pipeline", unit="notebook")
+    for run in bar:
+        output = out / f"{run.name}.ipynb"
+        if (run.step, str(output)) in done:
+            continue
+        bar.set_postfix_str(run.name)
+        params = _resolve_parameters(run, out)
+        params.update({k: v for k, v in (overrides or {}).items() if k in _declared_parameters(run.notebook)})
+        row = {"step": run.step, "notebook": str(run.notebook.relative_to(REPO_ROOT))
+               if run.notebook.is_relative_to(REPO_ROOT) else str(run.notebook),
+               "parameters": json.dumps(params, sort_keys=True), "status": "running", "seconds": "",
+               "output": str(output)}
+        start = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(run.notebook), str(output), parameters=params, kernel_name=kernel_name,
+                cwd=str(REPO_ROOT), progress_bar=cell_progress, log_output=False,
+            )
+        except PapermillExecutionError as err:
+            row.update(status="failed", seconds=f"{time.perf_counter() - start:.1f}")
+            rows.append(row)
+            _write_summary(summary_path, rows)
+            raise PipelineError(
+                f"step {run.name!r} failed in {run.notebook.name}, cell {err.cell_index} "
+                f"(execution count {err.exec_count}): {err.ename}: {err.evalue}\n"
+                f"partial output kept at {output}"
+            ) from None
+        row.update(status="ok", seconds=f"{time.perf_counter() - start:.1f}")
+        rows.append(row)
+        _write_summary(summary_path, rows)
+    _write_summary(summary_path, rows)
+    return rows
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def cli(argv: list[str]) -> int:
+    """``dpface pipeline PIPELINE.yaml --out runs/NAME [--only STEP ...] [--set k=v ...] [--resume]``."""
+    parser = argparse.ArgumentParser(prog="dpface pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("pipeline", help="pipeline YAML file (e.g. pipeline.yaml)")
+    parser.add_argument("--out", required=True,
+                        help="output folder, e.g. runs/NAME (must be new unless --resume)")
+    parser.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps")
+    parser.add_argument("--set", dest="overrides", action="append", type=_parse_override, default=[],
+                        metavar="KEY=VALUE",
+                        help="parameter for every notebook that declares it (YAML value)")
+    parser.add_argument("--resume", action="store_true", help="continue an existing run folder")
+    parser.add_argument("--kernel", default=None, help=f"Jupyter kernel name (default {DEFAULT_KERNEL!r})")
+    parser.add_argument("--list", action="store_true", help="print the expanded runs and exit")
+    parser.add_argument("--no-cell-progress", action="store_true", help="hide the per-cell progress bar")
+    args = parser.parse_args(argv)
+    try:
+        if args.list:
+            for run in load_pipeline(args.pipeline):
+                print(f"{run.name:40s} {run.notebook.name:32s} {json.dumps(run.parameters)}")
+            return 0
+        rows = run_pipeline(args.pipeline, args.out, only=args.only, overrides=dict(args.overrides),
+                            resume=args.resume, kernel=args.kernel, cell_progress=not args.no_cell_progress)
+    except PipelineError as err:
+        print(f"dpface pipeline: {err}", file=sys.stderr)
+        return 1
+    total = sum(float(r["seconds"] or 0) for r in rows)
+    print(f"{len(rows)} notebook(s) ok in {total:.0f} s -> {Path(args.out) / 'summary.csv'}")
+    return 0

@@ -1,0 +1,161 @@
+"""The papermill pipeline runner: sweep expansion, outputs, failures, no silent overwrite."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from dpface_lib import pipeline
+from dpface_lib.pipeline import PipelineError, load_pipeline, run_pipeline
+
+
+def _notebook(path: Path, body: str, params: str = "x = 1\nout_dir = None") -> Path:
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "dpface", "display_name": "Python (DP-Face kit)", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+WRITE_X = (
+    "from pathlib import Path\n"
+    "Path(out_dir).mkdir(parents=True, exist_ok=True)\n"
+    "(Path(out_dir) / 'x.txt').write_text(repr(x))"
+)
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Path:
+    _notebook(tmp_path / "ok.ipynb", WRITE_X)
+    _notebook(tmp_path / "fail.ipynb", "raise ValueError('bad value of x: %s' % x)")
+    return tmp_path
+
+
+def _write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_grid_expands_to_one_run_per_combination(project: Path) -> None:
+    spec = _write_yaml(project / "p.yaml", """
+steps:
+  - name: a
+    notebook: ok.ipynb
+  - name: sweep
+    notebook: ok.ipynb
+    parameters: {x: 0}
+    grid: {y: [1, 2, 3], z: [a, b]}
+""")
+    with pytest.raises(PipelineError, match="both in 'parameters' and 'grid'"):
+        _write_yaml(project / "q.yaml", "steps:\n  - {name: s, notebook: ok.ipynb, parameters: {x: 1}, "
+                    "grid: {x: [1, 2]}}\n")
+        load_pipeline(project / "q.yaml")
+    runs = load_pipeline(spec)
+    assert [r.name for r in runs][:3] == ["a", "sweep__y-1_z-a", "sweep__y-1_z-b"]
+    assert len(runs) == 1 + 3 * 2
+    assert runs[-1].parameters == {"x": 0, "y": 3, "z": "b"}
+    assert len({r.name for r in runs}) == len(runs)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("steps: []\n", "non-empty list"),
+        ("steps:\n  - {name: a}\n", "needs 'name' and 'notebook'"),
+        ("steps:\n  - {name: a, notebook: missing.ipynb}\n", "not found"),
+        ("steps:\n  - {name: a, notebook: ok.ipynb}\n  - {name: a, notebook: ok.ipynb}\n", "duplicate"),
+        ("steps:\n  - {name: a, notebook: ok.ipynb, grid: {x: []}}\n", "non-empty list"),
+        ("steps:\n  - {name: 'a b', notebook: ok.ipynb}\n", "name may only use"),
+        ("stepz: []\n", "non-empty list"),
+    ],
+)
+def test_invalid_pipeline_files_are_named(project: Path, text: str, message: str) -> None:
+    spec = _write_yaml(project / "bad.yaml", text)
+    with pytest.raises(PipelineError, match=message) as info:
+        load_pipeline(spec)
+    assert "bad.yaml" in str(info.value)
+
+
+def test_run_writes_notebooks_summary_and_injects_parameters(project: Path) -> None:
+    spec = _write_yaml(project / "p.yaml", """
+parameters: {x: 5, unused_elsewhere: 1}
+steps:
+  - name: plain
+    notebook: ok.ipynb
+  - name: sweep
+    notebook: ok.ipynb
+    grid: {x: [7, 8]}
+""")
+    out = project / "runs" / "r1"
+    # 'unused_elsewhere' is shared but declared by no notebook: silently not injected
+    rows = run_pipeline(spec, out, cell_progress=False)
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
+    for name, value in [("plain", 5), ("sweep__x-7", 7), ("sweep__x-8", 8)]:
+        assert (out / f"{name}.ipynb").is_file()
+        assert (out / name / "x.txt").read_text() == repr(value)
+    with (out / "summary.csv").open() as fh:
+        summary = list(csv.DictReader(fh))
+    assert [row["step"] for row in summary] == ["plain", "sweep", "sweep"]
+    assert json.loads(summary[1]["parameters"])["x"] == 7
+    assert all(float(row["seconds"]) > 0 for row in summary)
+
+
+def test_unknown_parameter_is_rejected_before_running(project: Path) -> None:
+    spec = _write_yaml(project / "p.yaml", "steps:\n  - {name: a, notebook: ok.ipynb, parameters: {nope: 1}}\n")
+    with pytest.raises(PipelineError, match=r"has no parameter\(s\) \['nope'\]"):
+        run_pipeline(spec, project / "out", cell_progress=False)
+
+
+def test_failure_names_notebook_and_cell_and_keeps_partial_output(project: Path) -> None:
+    spec = _write_yaml(project / "p.yaml", """
+steps:
+  - {name: first, notebook: ok.ipynb}
+  - {name: broken, notebook: fail.ipynb, parameters: {x: 3}}
+  - {name: never, notebook: ok.ipynb}
+""")
+    out = project / "out"
+    with pytest.raises(PipelineError) as info:
+        run_pipeline(spec, out, cell_progress=False)
+    message = str(info.value)
+    assert "fail.ipynb" in message and "cell" in message and "bad value of x: 3" in message
+    assert (out / "broken.ipynb").is_file(), "partial output notebook must be kept"
+    partial = nbformat.read(out / "broken.ipynb", as_version=4)
+    assert any(o.get("ename") == "ValueError" for c in partial.cells for o in c.get("outputs", []))
+    with (out / "summary.csv").open() as fh:
+        status = {row["step"]: row["status"] for row in csv.DictReader(fh)}
+    assert status == {"first": "ok", "broken": "failed"}
+    assert not (out / "never.ipynb").exists()
+
+
+def test_existing_run_is_never_overwritten_and_resume_skips_finished(project: Path, monkeypatch) -> None:
+    spec = _write_yaml(project / "p.yaml", "steps:\n  - {name: a, notebook: ok.ipynb}\n"
+                       "  - {name: b, notebook: ok.ipynb}\n")
+    out = project / "out"
+    run_pipeline(spec, out, only=["a"], cell_progress=False)
+    with pytest.raises(PipelineError, match="already exists"):
+        run_pipeline(spec, out, cell_progress=False)
+    executed: list[str] = []
+    real = pipeline._resolve_parameters
+
+    def spy(run, out_dir):
+        executed.append(run.name)
+        return real(run, out_dir)
+
+    monkeypatch.setattr(pipeline, "_resolve_parameters", spy)
+    rows = run_pipeline(spec, out, resume=True, cell_progress=False)
+    assert executed == ["b"]
+    assert sorted(r["step"] for r in rows) == ["a", "b"]
+
+
+def test_cli_lists_runs(project: Path, capsys) -> None:
+    spec = _write_yaml(project / "p.yaml", "steps:\n  - {name: s, notebook: ok.ipynb, grid: {x: [1, 2]}}\n")
+    assert pipeline.cli([str(spec), "--out", str(project / "o"), "--list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["s__x-1", "s__x-2"]
+    assert pipeline.cli([str(spec), "--out", str(project / "o"), "--only", "zzz"]) == 1
