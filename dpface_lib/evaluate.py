@@ -1,0 +1,372 @@
+"""Evaluation: run a model (or read saved predictions) over a split -> per-sample metric tables.
+
+``dpface eval --data-root ROOT --split test --checkpoint CKPT --out DIR`` (or ``--predictions PRED_DIR``)
+writes, atomically,
+
+- ``DIR/per_sample.csv`` and ``DIR/per_sample.parquet``: one row per view (identifiers, capture factors,
+  ground-truth descriptors, every metric), with a ``model`` column;
+- ``DIR/aggregate.csv`` / ``.parquet``: the mean of every metric over the samples (one row).
+
+Metric columns (see :mod:`dpface_lib.metrics`):
+
+- ``ai1``, ``ai2``, ``spearman`` on disparity (px) against the ground-truth ``a / Z + b``; for a
+  prediction that has only depth, on inverse depth 1 / Z against the benchmark's normalised ground-truth
+  inverse depth max(Z) / Z (column ``affine_space`` says which);
+- ``absrel`` ... ``delta3`` on depth (mm), the prediction's ``depth`` or ``a / (d - b)`` from its disparity;
+  ``invalid_depth`` is the share of masked pixels where that depth was not finite and positive (clipped);
+- ``mean_deg`` ... ``within_30`` where normals are predicted (NaN otherwise).
+
+Saved predictions: ``<dir>/<sample_id>.npz`` (the '/' of a sample id is a sub-folder) with float32
+``disparity`` and/or ``depth`` (H, W) and optionally ``normal`` (3, H, W); ``--save-predictions`` writes
+that format. :func:`load_runs` + :func:`leaderboard` stack the tables of several runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dpface_lib.metrics import (
+    AFFINE_KEYS,
+    DEPTH_KEYS,
+    NORMAL_KEYS,
+    affine_invariant_metrics,
+    depth_metrics,
+    normal_metrics,
+)
+
+METRIC_KEYS = (*AFFINE_KEYS, *DEPTH_KEYS, *NORMAL_KEYS, "invalid_depth")
+ID_KEYS = ("sample_id", "group", "person", "camidx", "lightidx", "viewidx", "expression", "position",
+           "direction")
+DESCRIPTOR_KEYS = ("valid_px", "depth_mean_mm", "depth_range_mm", "texture")
+#: lower-is-better metrics; the others (delta*, within_*) are higher-is-better.
+HIGHER_IS_BETTER = ("delta1", "delta2", "delta3", "within_11_25", "within_22_5", "within_30")
+DEPTH_RANGE_MM = (1.0, 1e5)
+
+
+class EvaluationError(ValueError):
+    """Predictions or a checkpoint that cannot be evaluated; the message names the file or sample."""
+
+
+# ------------------------------------------------------------------------------------------ per batch
+def batch_metrics(output: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
+    """Every metric for a batch: ``output`` as a model returns it, ``batch`` the (collated) dataset dict.
+
+    Args:
+        output: ``disparity`` (B, H, W) px and/or ``depth`` (B, H, W) mm, optional ``normal`` (B, 3, H, W).
+        batch: needs ``disparity``, ``depth``, ``mask`` (B, H, W), ``a``, ``b`` (B,), and ``normal``
+            (B, 3, H, W) when normals are predicted; ``lrsum`` (B, 3, H, W) for the texture descriptor.
+
+    Returns: dict of (B,) float64 tensors for :data:`METRIC_KEYS` and :data:`DESCRIPTOR_KEYS`, plus
+    ``affine_space`` (a list of B strings).
+    """
+    mask = batch["mask"].bool()
+    size = tuple(mask.shape)
+    for key in ("disparity", "depth", "normal"):
+        if key in output and tuple(output[key].shape[-2:]) != size[-2:]:
+            raise EvaluationError(f"predicted {key} has shape {tuple(output[key].shape)}, "
+                                  f"ground truth {size}")
+    if "disparity" not in output and "depth" not in output:
+        raise EvaluationError(f"prediction has neither 'disparity' nor 'depth' (keys: {sorted(output)})")
+    device = mask.device
+    a = torch.as_tensor(batch["a"], device=device).to(torch.float64).reshape(-1, 1, 1)
+    b = torch.as_tensor(batch["b"], device=device).to(torch.float64).reshape(-1, 1, 1)
+    gt_depth = batch["depth"].to(torch.float64)
+    low, high = DEPTH_RANGE_MM
+    if "depth" in output:
+        pred_depth = output["depth"].detach().to(torch.float64)
+    else:
+        d = output["disparity"].detach().to(torch.float64)
+        pred_depth = a / (d - b)  # Z = a / (d - b); d == b -> +-inf, clipped by depth_metrics
+    invalid = mask & ~(torch.isfinite(pred_depth) & (pred_depth > 0))
+    if "disparity" in output:
+        space = "disparity"
+        affine = affine_invariant_metrics(output["disparity"].detach(), batch["disparity"], mask)
+    else:
+        space = "inverse_depth"
+        clipped = torch.nan_to_num(pred_depth, nan=high, posinf=high, neginf=low).clamp(low, high)
+        z_far = torch.where(mask, gt_depth, 0.0).flatten(1).amax(1).reshape(-1, 1, 1)
+        gt_inverse = torch.where(mask, z_far / gt_depth.clamp_min(low), 0.0)
+        affine = affine_invariant_metrics(1.0 / clipped, gt_inverse, mask)
+    values = dict(affine)
+    values |= depth_metrics(pred_depth, gt_depth, mask, depth_range_mm=DEPTH_RANGE_MM)
+    n_valid = mask.flatten(1).sum(1).to(torch.float64)
+    values["invalid_depth"] = invalid.flatten(1).sum(1) / n_valid.clamp_min(1)
+    if "normal" in output:
+        values |= normal_metrics(output["normal"].detach(), batch["normal"], mask)
+    else:
+        values |= {key: torch.full_like(n_valid, float("nan")) for key in NORMAL_KEYS}
+    values |= _descriptors(batch, mask, gt_depth, n_valid)
+    values["affine_space"] = [space] * len(n_valid)
+    return values
+
+
+def _descriptors(batch: dict[str, Any], mask: torch.Tensor, gt_depth: torch.Tensor, n_valid: torch.Tensor):
+    """Per-sample ground-truth descriptors: valid pixel count, mean depth (mm), depth range p98 - p2 (mm),
+    texture = mean gradient magnitude of the grey LR-sum image inside the mask (intensity per px)."""
+    depth_nan = torch.where(mask, gt_depth, float("nan")).flatten(1)
+    p02, p98 = torch.nanquantile(depth_nan, torch.tensor([0.02, 0.98], dtype=torch.float64,
+                                                         device=mask.device), dim=1)
+    out = {"valid_px": n_valid, "depth_mean_mm": torch.nanmean(depth_nan, 1), "depth_range_mm": p98 - p02}
+    if "lrsum" in batch:
+        grey = batch["lrsum"].to(torch.float64).mean(1)
+        gy, gx = grey[:, 1:, :-1] - grey[:, :-1, :-1], grey[:, :-1, 1:] - grey[:, :-1, :-1]
+        inner = (mask[:, 1:, :-1] & mask[:, :-1, 1:] & mask[:, :-1, :-1]).to(torch.float64)
+        grad = (gx**2 + gy**2).sqrt()
+        out["texture"] = (inner * grad).flatten(1).sum(1) / inner.flatten(1).sum(1).clamp_min(1)
+    else:
+        out["texture"] = torch.full_like(n_valid, float("nan"))
+    return out
+
+
+def _rows(values: dict[str, Any], batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """Table rows of one batch: identifiers from ``batch['meta']`` / ``sample_id`` + metric values."""
+    n = len(values["affine_space"])
+    meta = batch.get("meta", {})
+    ids = batch.get("sample_id")
+    ids = [ids] if isinstance(ids, str) else list(ids) if ids is not None else [None] * n
+    rows = []
+    for i in range(n):
+        row: dict[str, Any] = {"sample_id": ids[i]}
+        for key in ID_KEYS[1:]:
+            if key in meta:
+                value = meta[key]
+                value = value[i] if isinstance(value, list | tuple | torch.Tensor) else value
+                row[key] = value.item() if isinstance(value, torch.Tensor) else value
+        for key, value in values.items():
+            row[key] = value[i] if isinstance(value, list) else float(value[i])
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------- over a split
+def evaluate_model(model: torch.nn.Module, dataset: Iterable, *, name: str = "model", batch_size: int = 1,
+                   device: str | torch.device = "cpu", save_dir: str | Path | None = None,
+                   progress: bool = False) -> pd.DataFrame:
+    """Run ``model`` over ``dataset`` (a :class:`dpface_lib.data.FaceDPDataset` or any sequence of batch
+    dicts) without gradients and return the per-sample table (``model`` column = ``name``). With
+    ``save_dir`` the predictions are also saved in the prediction-folder format."""
+    from torch.utils.data import DataLoader
+
+    model = model.to(device).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    rows: list[dict[str, Any]] = []
+    with torch.no_grad():
+        for batch in _maybe_tqdm(loader, progress, "eval"):
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            output = model(batch)
+            if not isinstance(output, dict):
+                raise EvaluationError(f"{type(model).__name__}.forward must return a dict, got "
+                                      f"{type(output).__name__}")
+            rows += _checked_rows(output, batch)
+            if save_dir is not None:
+                _save_outputs(save_dir, output, batch["sample_id"])
+    return _frame(rows, name)
+
+
+def evaluate_predictions(pred_dir: str | Path, dataset: Iterable, *, name: str | None = None,
+                         progress: bool = False) -> pd.DataFrame:
+    """Per-sample table for saved predictions ``<pred_dir>/<sample_id>.npz`` over ``dataset``."""
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise EvaluationError(f"{pred_dir}: predictions folder does not exist")
+    rows: list[dict[str, Any]] = []
+    for sample in _maybe_tqdm(dataset, progress, "eval"):
+        batch = {k: v.unsqueeze(0) if isinstance(v, torch.Tensor) else v for k, v in sample.items()}
+        batch["meta"] = {k: [v] for k, v in sample["meta"].items()}
+        batch["sample_id"] = [sample["sample_id"]]
+        output = {k: torch.from_numpy(v).unsqueeze(0) for k, v in load_prediction(pred_dir, sample).items()}
+        rows += _checked_rows(output, batch)
+    return _frame(rows, name or pred_dir.name)
+
+
+def load_prediction(pred_dir: str | Path, sample: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The saved prediction of one dataset sample, checked against its ground-truth shape."""
+    pred_dir = Path(pred_dir).resolve()
+    path = (pred_dir / f"{sample['sample_id']}.npz").resolve()
+    if not path.is_relative_to(pred_dir):
+        raise EvaluationError(f"sample id {sample['sample_id']!r} points outside {pred_dir}")
+    if not path.is_file():
+        raise EvaluationError(f"{path}: no saved prediction for sample {sample['sample_id']!r}")
+    size = tuple(sample["mask"].shape)
+    expected = {"disparity": size, "depth": size, "normal": (3, *size)}
+    out = {}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            for key in data.files:
+                if key in expected:
+                    out[key] = np.asarray(data[key], dtype=np.float32)
+    except (OSError, ValueError) as exc:
+        raise EvaluationError(f"{path}: not a readable .npz of arrays: {exc}") from exc
+    if "disparity" not in out and "depth" not in out:
+        raise EvaluationError(f"{path}: holds neither 'disparity' nor 'depth'")
+    for key, value in out.items():
+        if value.shape != expected[key]:
+            raise EvaluationError(f"{path}: '{key}' has shape {value.shape}, expected {expected[key]}")
+    return out
+
+
+def evaluate_checkpoint(checkpoint: str | Path, root: str | Path, split: str, *, name: str | None = None,
+                        batch_size: int = 1, device: str = "cpu", save_dir: str | Path | None = None,
+                        progress: bool = False) -> pd.DataFrame:
+    """Load ``checkpoint`` with ``dpface_lib.train.load_model`` and evaluate it on ``root``/``split``."""
+    try:
+        from dpface_lib.train import load_model
+    except ImportError as exc:
+        raise EvaluationError("evaluating a checkpoint needs dpface_lib.train.load_model, which cannot be "
+                              f"imported here ({exc}); evaluate saved predictions with --predictions"
+                              ) from exc
+    from dpface_lib.data import FaceDPDataset
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise EvaluationError(f"{checkpoint}: checkpoint file does not exist")
+    model = load_model(checkpoint, map_location="cpu")
+    return evaluate_model(model, FaceDPDataset(root, split), name=name or checkpoint.stem,
+                          batch_size=batch_size, device=device, save_dir=save_dir, progress=progress)
+
+
+def _checked_rows(output: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
+    try:
+        return _rows(batch_metrics(output, batch), batch)
+    except ValueError as exc:
+        raise EvaluationError(f"samples {list(batch.get('sample_id', []))}: {exc}") from exc
+
+
+def _frame(rows: list[dict[str, Any]], name: str) -> pd.DataFrame:
+    if not rows:
+        raise EvaluationError("nothing to evaluate: the dataset is empty")
+    frame = pd.DataFrame(rows)
+    frame.insert(0, "model", name)
+    return frame
+
+
+def _save_outputs(save_dir: str | Path, output: dict[str, torch.Tensor], sample_ids: list[str]) -> None:
+    for i, sample_id in enumerate(sample_ids):
+        arrays = {k: output[k][i].detach().float().cpu().numpy() for k in ("disparity", "depth", "normal")
+                  if k in output}
+        path = Path(save_dir) / f"{sample_id}.npz"
+        _atomic_write(path, lambda tmp, arrays=arrays: np.savez_compressed(tmp, **arrays), suffix=".npz")
+
+
+def _maybe_tqdm(iterable, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc)
+
+
+# ------------------------------------------------------------------------------------------- tables
+def _atomic_write(path: Path, writer: Callable[[str], Any], suffix: str = "") -> None:
+    """Write through ``writer(tmp_path)`` to a temporary name in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """The metric columns present in ``frame``, in :data:`METRIC_KEYS` order."""
+    return [key for key in METRIC_KEYS if key in frame.columns]
+
+
+def aggregate(frame: pd.DataFrame, by: str | list[str] = "model") -> pd.DataFrame:
+    """Mean of every metric per ``by`` group, with the sample count ``n``."""
+    grouped = frame.groupby(by, sort=False, dropna=False)
+    table = grouped[metric_columns(frame)].mean()
+    table.insert(0, "n", grouped.size())
+    return table.reset_index()
+
+
+def write_tables(frame: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``per_sample`` and ``aggregate`` tables as CSV and Parquet into ``out_dir`` (atomically)."""
+    out_dir = Path(out_dir)
+    paths = {}
+    for stem, table in (("per_sample", frame), ("aggregate", aggregate(frame))):
+        for ext, method in (("csv", "to_csv"), ("parquet", "to_parquet")):
+            path = out_dir / f"{stem}.{ext}"
+            _atomic_write(path, lambda tmp, t=table, m=method: getattr(t, m)(tmp, index=False))
+            paths[f"{stem}_{ext}"] = path
+    return paths
+
+
+def load_runs(runs_dir: str | Path) -> pd.DataFrame:
+    """Every ``per_sample.csv`` below ``runs_dir`` stacked into one frame, with a ``run`` column (the
+    table's folder relative to ``runs_dir``); a table without a ``model`` column gets the run's name.
+    Returns an empty frame when none exists."""
+    runs_dir = Path(runs_dir)
+    tables = []
+    for path in sorted(runs_dir.rglob("per_sample.csv")) if runs_dir.is_dir() else []:
+        table = pd.read_csv(path)
+        run = path.parent.relative_to(runs_dir).as_posix()
+        if "model" not in table.columns:
+            table.insert(0, "model", run)
+        table.insert(1, "run", run)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["model", "run"])
+
+
+def leaderboard(tables: pd.DataFrame | Iterable[pd.DataFrame], by: str | list[str] = "model",
+                sort_by: str = "ai1") -> pd.DataFrame:
+    """Models x mean metrics from per-sample tables (one frame or several), best ``sort_by`` first."""
+    frame = tables if isinstance(tables, pd.DataFrame) else pd.concat(list(tables), ignore_index=True)
+    if frame.empty:
+        return pd.DataFrame(columns=[*([by] if isinstance(by, str) else by), "n"])
+    table = aggregate(frame, by)
+    if sort_by in table.columns:
+        table = table.sort_values(sort_by, ascending=sort_by not in HIGHER_IS_BETTER, na_position="last")
+    return table.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def cli(argv: list[str] | None = None) -> int:
+    """``dpface eval``: evaluate a checkpoint or a predictions folder over a split -> tables in ``--out``."""
+    parser = argparse.ArgumentParser(prog="dpface eval", description=cli.__doc__)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="model checkpoint (dpface_lib.train.load_model)")
+    source.add_argument("--predictions", type=Path, help="folder of <sample_id>.npz predictions")
+    parser.add_argument("--data-root", type=Path, default=None, help="dataset root (default: data_samples/)")
+    parser.add_argument("--split", default="test", help="split file name without .txt (default: test)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for per_sample/aggregate tables")
+    parser.add_argument("--name", default=None,
+                        help="value of the 'model' column (default: file/folder name)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--save-predictions", type=Path, default=None,
+                        help="also save the checkpoint's predictions as <dir>/<sample_id>.npz")
+    args = parser.parse_args(argv)
+    from dpface_lib.data import DatasetError, FaceDPDataset
+    from dpface_lib.notebook import resolve_data_root
+
+    root = resolve_data_root(args.data_root)
+    try:
+        if args.checkpoint is not None:
+            frame = evaluate_checkpoint(args.checkpoint, root, args.split, name=args.name,
+                                        batch_size=args.batch_size, device=args.device,
+                                        save_dir=args.save_predictions, progress=True)
+        else:
+            frame = evaluate_predictions(args.predictions, FaceDPDataset(root, args.split), name=args.name,
+                                         progress=True)
+    except (EvaluationError, DatasetError) as exc:
+        print(f"dpface eval: {exc}", file=sys.stderr)
+        return 2
+    paths = write_tables(frame, args.out)
+    with pd.option_context("display.width", 160, "display.max_columns", 30):
+        print(aggregate(frame).round(4).to_string(index=False))
+    print(f"wrote {paths['per_sample_csv']} ({len(frame)} rows) and {paths['aggregate_csv']}")
+    return 0
