@@ -1,0 +1,154 @@
+"""Training losses: masked smooth-L1 on disparity, SILog on depth, cosine loss on normals.
+
+All losses average over the pixels where ``mask`` is true, pooled over the whole batch (as the
+benchmark code does). An empty mask gives a loss of exactly 0 that is still connected to the
+prediction (``0 · pred.sum()``), so ``loss.backward()`` works and yields zero gradients instead of
+NaN or an error; a batch of background-only crops therefore does not break training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["cosine_normal_loss", "model_loss", "silog_loss", "smooth_l1_disparity"]
+
+
+def _zero_like(pred: torch.Tensor) -> torch.Tensor:
+    return pred.sum() * 0.0
+
+
+def _check_mask(mask: torch.Tensor, shape: torch.Size, name: str) -> torch.Tensor:
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name}: mask shape {tuple(mask.shape)} does not match {tuple(shape)}")
+    return mask.bool()
+
+
+def smooth_l1_disparity(
+    disparities: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, weights: Sequence[float]
+) -> torch.Tensor:
+    """Weighted sum over outputs of the masked smooth-L1 (Huber, beta = 1) disparity error.
+
+    ``loss = Σ_i w_i · mean_{mask} smoothL1(disparities[:, i] - gt)`` with
+    ``smoothL1(x) = 0.5 x²`` for ``|x| < 1`` and ``|x| - 0.5`` otherwise.
+
+    Args:
+        disparities: (B, N, H, W) predicted disparities in px (N outputs, loss-weight order).
+        gt: (B, H, W) ground-truth disparity in px.
+        mask: (B, H, W) bool, pixels with valid ground truth.
+        weights: N weights, one per output.
+
+    Returns:
+        0-d tensor.
+    """
+    if disparities.ndim != 4:
+        raise ValueError(
+            f"smooth_l1_disparity: disparities must be (B, N, H, W), got {tuple(disparities.shape)}"
+        )
+    n = disparities.shape[1]
+    if len(weights) != n:
+        raise ValueError(f"smooth_l1_disparity: {n} outputs but {len(weights)} weights")
+    if tuple(gt.shape) != (disparities.shape[0], *disparities.shape[2:]):
+        raise ValueError(
+            f"smooth_l1_disparity: gt shape {tuple(gt.shape)} does not match {tuple(disparities.shape)}"
+        )
+    mask = _check_mask(mask, gt.shape, "smooth_l1_disparity")
+    if not mask.any():
+        return _zero_like(disparities)
+    target = gt[mask]
+    total = disparities.new_zeros(())
+    for i, w in enumerate(weights):
+        total = total + float(w) * F.smooth_l1_loss(disparities[:, i][mask], target, beta=1.0)
+    return total
+
+
+def silog_loss(
+    pred_depth: torch.Tensor, gt_depth: torch.Tensor, mask: torch.Tensor, variance_focus: float = 0.6
+) -> torch.Tensor:
+    """Scale-invariant log loss (Eigen et al. 2014, in the form used by BTS, Lee et al. 2019).
+
+    ``g = log(pred) - log(gt)`` over masked pixels; ``loss = 10 · sqrt(mean(g²) - λ · mean(g)²)``.
+    The radicand is clamped at 1e-12 so a perfect prediction gives ~1e-5 with a finite gradient.
+
+    Args:
+        pred_depth: (B, H, W) predicted depth, > 0 (mm).
+        gt_depth: (B, H, W) ground-truth depth (mm), > 0 inside the mask.
+        mask: (B, H, W) bool.
+        variance_focus: λ in [0, 1]; 0.6 as in the benchmark.
+
+    Returns:
+        0-d tensor.
+    """
+    if pred_depth.shape != gt_depth.shape:
+        raise ValueError(f"silog_loss: pred {tuple(pred_depth.shape)} and gt {tuple(gt_depth.shape)} differ")
+    mask = _check_mask(mask, gt_depth.shape, "silog_loss")
+    if not mask.any():
+        return _zero_like(pred_depth)
+    g = torch.log(pred_depth[mask]) - torch.log(gt_depth[mask])
+    radicand = (g**2).mean() - variance_focus * g.mean() ** 2
+    return 10.0 * torch.sqrt(radicand.clamp_min(1e-12))
+
+
+def cosine_normal_loss(
+    pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
+    """Mean ``1 - cos`` angle between predicted and ground-truth normals over masked pixels.
+
+    Both fields are L2-normalised over channels (``eps`` guards zero vectors); the cosine is clamped to
+    [-1, 1]. The loss lies in [0, 2].
+
+    Args:
+        pred: (B, 3, H, W) predicted normals (any length).
+        gt: (B, 3, H, W) ground-truth normals.
+        mask: (B, H, W) bool.
+
+    Returns:
+        0-d tensor.
+    """
+    if pred.shape != gt.shape or pred.ndim != 4 or pred.shape[1] != 3:
+        raise ValueError(
+            f"cosine_normal_loss: expected two (B, 3, H, W) tensors, got {tuple(pred.shape)}, "
+            f"{tuple(gt.shape)}"
+        )
+    mask = _check_mask(mask, (pred.shape[0], *pred.shape[2:]), "cosine_normal_loss")
+    if not mask.any():
+        return _zero_like(pred)
+    cos = (F.normalize(pred, dim=1, eps=eps) * F.normalize(gt, dim=1, eps=eps)).sum(dim=1).clamp(-1.0, 1.0)
+    return (1.0 - cos[mask]).mean()
+
+
+def model_loss(
+    outputs: Mapping[str, torch.Tensor],
+    batch: Mapping[str, torch.Tensor],
+    loss_terms: Mapping[str, float],
+    loss_weights: Sequence[float],
+    variance_focus: float = 0.6,
+) -> dict[str, torch.Tensor]:
+    """Total training loss of a model from its output dict, as ``Σ_k λ_k loss_k``.
+
+    Args:
+        outputs: the model's output dict (``disparities``, ``depth``, ``normal``).
+        batch: the batch (``disparity``, ``depth``, ``normal``, ``mask``).
+        loss_terms: ``{"smooth_l1" | "silog" | "cosine": λ}`` (a model's ``loss_terms``).
+        loss_weights: per-output weights for ``smooth_l1`` (a model's ``loss_weights``).
+        variance_focus: λ of ``silog`` (BTS exposes it as ``model.variance_focus``).
+
+    Returns:
+        ``{"loss": total, <term>: value, ...}``.
+    """
+    mask = batch["mask"].bool()
+    parts: dict[str, torch.Tensor] = {}
+    for term, lam in loss_terms.items():
+        if term == "smooth_l1":
+            value = smooth_l1_disparity(outputs["disparities"], batch["disparity"], mask, loss_weights)
+        elif term == "silog":
+            value = silog_loss(outputs["depth"], batch["depth"], mask & (batch["depth"] > 0), variance_focus)
+        elif term == "cosine":
+            value = cosine_normal_loss(outputs["normal"], batch["normal"], mask)
+        else:
+            raise ValueError(f"unknown loss term {term!r}; known: smooth_l1, silog, cosine")
+        parts[term] = float(lam) * value
+    parts["loss"] = sum(parts.values(), torch.zeros((), device=mask.device))
+    return parts

@@ -1,0 +1,358 @@
+"""Building blocks shared by the DP models.
+
+Conventions (all models):
+
+* The DP disparity axis is the image **rows** (H). A disparity ``d`` (px) means the right view is the
+  left view moved down by ``d`` rows: ``right(y, x) ≈ left(y - d, x)``, i.e. ``left(y) ≈ right(y + d)``.
+  Cost volumes therefore take the left view as reference and sample the right view at ``y + d``.
+* Images enter as float tensors in [0, 1]; :func:`imagenet_normalize` applies the ImageNet statistics
+  that the original models were trained with.
+* Cost volumes are (B, C, D, h, w): D disparity levels between the feature maps' rows and columns.
+
+References: PSMNet (Chang & Chen, CVPR 2018) for the stacked-hourglass aggregation and the concat
+volume; GC-Net (Kendall et al., ICCV 2017) for the soft-argmin disparity regression.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+SHIFT_MODES = ("integer", "linear")
+
+
+# ----------------------------------------------------------------------------------------------
+# Input / output helpers
+
+
+def imagenet_normalize(image: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) image in [0, 1] -> ImageNet-normalised (x - mean) / std."""
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"expected an image batch of shape (B, 3, H, W), got {tuple(image.shape)}")
+    mean = image.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = image.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (image - mean) / std
+
+
+def require_keys(batch: dict, keys: Sequence[str], model: str) -> None:
+    """Raise a KeyError naming the model and the missing batch keys."""
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise KeyError(f"{model} needs batch keys {list(keys)}; missing {missing} (have {sorted(batch)})")
+
+
+def check_divisible(image: torch.Tensor, factor: int, model: str) -> None:
+    """Raise a ValueError when the image's H or W is not a multiple of ``factor``."""
+    h, w = image.shape[-2:]
+    if h % factor or w % factor:
+        raise ValueError(f"{model} needs H and W divisible by {factor}; got H={h}, W={w} (crop or pad first)")
+
+
+def depth_from_disparity(disparity: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Depth (mm) ``Z = a / (d - b)`` via :func:`dpface_lib.geometry.disparity_to_depth`.
+
+    Args:
+        disparity: (B, H, W) DP disparity in px.
+        a, b: (B,) or scalars, the per-sample Disp2Depth constants.
+
+    Returns:
+        (B, H, W) depth in mm; 0 where the depth is not a finite positive number (as the batch's
+        ``depth`` marks invalid pixels), so the output never holds NaN.
+    """
+    from dpface_lib.geometry import disparity_to_depth
+
+    depth = disparity_to_depth(disparity, a.to(disparity), b.to(disparity))
+    return torch.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def disparity_outputs(disparities: Sequence[torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
+    """Output dict of a disparity model.
+
+    Args:
+        disparities: N tensors (B, H, W) in px, in loss-weight order; the first one is the final
+            prediction.
+        batch: the input batch (``a``, ``b`` give the depth).
+
+    Returns:
+        ``disparity`` (B, H, W), ``disparities`` (B, N, H, W), ``depth`` (B, H, W) mm.
+    """
+    stacked = torch.stack(list(disparities), dim=1)
+    final = stacked[:, 0]
+    return {
+        "disparity": final,
+        "disparities": stacked,
+        "depth": depth_from_disparity(final, batch["a"], batch["b"]),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Convolutions
+
+
+def conv_bn(
+    cin: int, cout: int, kernel: int = 3, stride: int = 1, pad: int = 1, dilation: int = 1
+) -> nn.Sequential:
+    """Conv2d (no bias) + BatchNorm2d; the padding is ``dilation`` when dilated (PSMNet's convbn)."""
+    padding = dilation if dilation > 1 else pad
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride, padding, dilation=dilation, bias=False), nn.BatchNorm2d(cout)
+    )
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1, pad: int = 1, dilation: int = 1):
+    """:func:`conv_bn` followed by ReLU."""
+    return nn.Sequential(*conv_bn(cin, cout, kernel, stride, pad, dilation), nn.ReLU(inplace=True))
+
+
+def conv_bn_3d(cin: int, cout: int, kernel=3, stride=1, pad=1) -> nn.Sequential:
+    """Conv3d (no bias) + BatchNorm3d."""
+    return nn.Sequential(nn.Conv3d(cin, cout, kernel, stride, pad, bias=False), nn.BatchNorm3d(cout))
+
+
+def conv_bn_relu_3d(cin: int, cout: int, kernel=3, stride=1, pad=1) -> nn.Sequential:
+    """:func:`conv_bn_3d` followed by ReLU."""
+    return nn.Sequential(*conv_bn_3d(cin, cout, kernel, stride, pad), nn.ReLU(inplace=True))
+
+
+class ResidualBlock(nn.Module):
+    """PSMNet residual block: conv-bn-relu -> conv-bn, plus the input (a 1×1 conv-bn projection when the
+    shape changes). No activation after the sum.
+
+    (B, cin, H, W) -> (B, cout, H / stride, W / stride).
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            *conv_bn_relu(cin, cout, 3, stride, 1, dilation), *conv_bn(cout, cout, 3, 1, 1, dilation)
+        )
+        self.project = conv_bn(cin, cout, 1, stride, 0) if (stride != 1 or cin != cout) else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.project(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Disparity levels, row shifts and cost volumes
+
+
+def disparity_levels(min_disp: float, max_disp: float, levels: int, scale: int = 1) -> list[float]:
+    """Cost-volume levels ``min/scale + i (max - min) / (scale levels)``, i = 0..levels-1 (px at 1/scale).
+
+    With the benchmark's −4…12 px, 8 levels and scale 4 this gives −1, −0.5, …, 2.5 (quarter-res px).
+    The value ``max_disp`` itself is never a level.
+    """
+    if not max_disp > min_disp:
+        raise ValueError(f"max_disp ({max_disp}) must exceed min_disp ({min_disp})")
+    step = (max_disp - min_disp) / (scale * levels)
+    return [min_disp / scale + i * step for i in range(levels)]
+
+
+def disparity_bins(min_disp: float, max_disp: float, count: int, device=None, dtype=None) -> torch.Tensor:
+    """(count,) full-resolution disparity values ``min + j (max - min) / count`` (px) for soft-argmin."""
+    return torch.tensor(disparity_levels(min_disp, max_disp, count, 1), device=device, dtype=dtype)
+
+
+def _shift_rows_int(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """out[..., y, :] = x[..., y + shift, :], zero where y + shift is outside the rows."""
+    h = x.shape[-2]
+    if shift == 0:
+        return x
+    out = torch.zeros_like(x)
+    if abs(shift) >= h:
+        return out
+    if shift > 0:
+        out[..., : h - shift, :] = x[..., shift:, :]
+    else:
+        out[..., -shift:, :] = x[..., : h + shift, :]
+    return out
+
+
+def shift_rows(x: torch.Tensor, shift: float, mode: str = "linear") -> torch.Tensor:
+    """Sample ``x`` at rows ``y + shift``: ``out[..., y, :] = x[..., y + shift, :]``, zeros outside.
+
+    Args:
+        x: (..., H, W) tensor.
+        shift: rows (may be fractional).
+        mode: ``"integer"`` truncates the shift toward zero (Python ``int()``, what the released
+            PSMNet/NNet volumes do, so −0.5 and 0.5 both become 0); ``"linear"`` interpolates linearly
+            between the two neighbouring integer shifts (differentiable in ``x``).
+
+    Returns:
+        Tensor like ``x``.
+    """
+    if mode == "integer":
+        return _shift_rows_int(x, int(shift))
+    if mode != "linear":
+        raise ValueError(f"shift mode must be one of {SHIFT_MODES}, got {mode!r}")
+    low = math.floor(shift)
+    frac = shift - low
+    out = _shift_rows_int(x, low)
+    if frac > 1e-9:
+        out = (1.0 - frac) * out + frac * _shift_rows_int(x, low + 1)
+    return out
+
+
+def concat_cost_volume(
+    ref: torch.Tensor, tgt: torch.Tensor, shifts: Sequence[float], mode: str
+) -> torch.Tensor:
+    """PSMNet concatenation volume along rows.
+
+    Args:
+        ref: (B, C, h, w) reference (left) features; tgt: (B, C, h, w) target (right) features.
+        shifts: D row shifts in px of the feature map.
+        mode: see :func:`shift_rows`.
+
+    Returns:
+        (B, 2C, D, h, w): ``[:, :C, i] = ref`` and ``[:, C:, i] = tgt(y + shifts[i])``; both halves are
+        zero on rows where the shifted target falls outside the map (fractionally at the border in
+        ``linear`` mode).
+    """
+    ones = torch.ones_like(ref[:, :1])
+    slices = []
+    for s in shifts:
+        valid = shift_rows(ones, s, mode)
+        slices.append(torch.cat([ref * valid, shift_rows(tgt, s, mode)], dim=1))
+    return torch.stack(slices, dim=2)
+
+
+def difference_cost_volume(
+    ref: torch.Tensor, tgt: torch.Tensor, shifts: Sequence[float], mode: str
+) -> torch.Tensor:
+    """StereoNet difference volume along rows: (B, C, h, w) ×2 -> (B, C, D, h, w) with
+    ``[:, :, i] = ref - tgt(y + shifts[i])``, zero where the shifted target is outside the map."""
+    ones = torch.ones_like(ref[:, :1])
+    slices = [ref * shift_rows(ones, s, mode) - shift_rows(tgt, s, mode) for s in shifts]
+    return torch.stack(slices, dim=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Regression
+
+
+def soft_argmin(cost: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Disparity regression ``d = Σ_j softmax(cost)_j v_j`` (GC-Net / PSMNet).
+
+    Args:
+        cost: (B, D, H, W) matching scores (higher = more likely; PSMNet applies softmax to the cost as is).
+        values: (D,) disparity of each bin in px.
+
+    Returns:
+        (B, H, W) expected disparity in px.
+    """
+    prob = F.softmax(cost, dim=1)
+    return (prob * values.view(1, -1, 1, 1).to(prob)).sum(dim=1)
+
+
+def regress_volume(
+    cost: torch.Tensor, size: tuple[int, int], bins: torch.Tensor, align_corners: bool = True
+) -> torch.Tensor:
+    """Upsample a (B, 1, D, h, w) cost trilinearly to (len(bins), H, W) and soft-argmin it -> (B, H, W) px."""
+    up = F.interpolate(cost, size=(bins.numel(), *size), mode="trilinear", align_corners=align_corners)
+    return soft_argmin(up.squeeze(1), bins)
+
+
+# ----------------------------------------------------------------------------------------------
+# PSMNet stacked hourglass
+
+
+class Hourglass3d(nn.Module):
+    """One PSMNet 3-D hourglass (C -> 2C at 1/2 -> 2C at 1/4 -> back to C), with the pre/post skips.
+
+    forward(x (B, C, D, h, w), presqu, postsqu) -> (out (B, C, D, h, w), pre, post); D, h, w must be
+    multiples of 4.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        c2 = 2 * channels
+        self.conv1 = conv_bn_relu_3d(channels, c2, 3, 2, 1)
+        self.conv2 = conv_bn_3d(c2, c2, 3, 1, 1)
+        self.conv3 = conv_bn_relu_3d(c2, c2, 3, 2, 1)
+        self.conv4 = conv_bn_relu_3d(c2, c2, 3, 1, 1)
+        self.conv5 = nn.Sequential(
+            nn.ConvTranspose3d(c2, c2, 3, 2, 1, output_padding=1, bias=False), nn.BatchNorm3d(c2)
+        )
+        self.conv6 = nn.Sequential(
+            nn.ConvTranspose3d(c2, channels, 3, 2, 1, output_padding=1, bias=False), nn.BatchNorm3d(channels)
+        )
+
+    def forward(self, x, presqu=None, postsqu=None):
+        pre = self.conv2(self.conv1(x))
+        pre = F.relu(pre + postsqu) if postsqu is not None else F.relu(pre)
+        out = self.conv4(self.conv3(pre))
+        post = F.relu(self.conv5(out) + (presqu if presqu is not None else pre))
+        return self.conv6(post), pre, post
+
+
+class StackedHourglass(nn.Module):
+    """PSMNet aggregation: dres0, dres1, three hourglasses and three classifier heads.
+
+    forward(volume (B, cin, D, h, w)) -> [cost3, cost2, cost1], each (B, 1, D, h, w), final first.
+    """
+
+    def __init__(self, in_channels: int = 64, channels: int = 32) -> None:
+        super().__init__()
+        c = channels
+        self.dres0 = nn.Sequential(*conv_bn_relu_3d(in_channels, c), *conv_bn_relu_3d(c, c))
+        self.dres1 = nn.Sequential(*conv_bn_relu_3d(c, c), *conv_bn_3d(c, c))
+        self.hourglasses = nn.ModuleList([Hourglass3d(c) for _ in range(3)])
+        self.heads = nn.ModuleList(
+            [nn.Sequential(*conv_bn_relu_3d(c, c), nn.Conv3d(c, 1, 3, 1, 1, bias=False)) for _ in range(3)]
+        )
+
+    def forward(self, volume: torch.Tensor) -> list[torch.Tensor]:
+        cost0 = self.dres0(volume)
+        cost0 = self.dres1(cost0) + cost0
+        hg1, hg2, hg3 = self.hourglasses
+        out1, pre1, post1 = hg1(cost0)
+        out1 = out1 + cost0
+        out2, _, post2 = hg2(out1, pre1, post1)
+        out2 = out2 + cost0
+        out3, _, _ = hg3(out2, pre1, post2)
+        out3 = out3 + cost0
+        cost1 = self.heads[0](out1)
+        cost2 = self.heads[1](out2) + cost1
+        cost3 = self.heads[2](out3) + cost2
+        return [cost3, cost2, cost1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Weight initialisation
+
+
+def init_msra_normal(module: nn.Module) -> None:
+    """The release's init: Conv2d/Conv3d (and transposed) weights ~ N(0, sqrt(2 / (prod(kernel) · out_ch))),
+    conv biases 0, BatchNorm weight 1 and bias 0, Linear bias 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.Conv3d | nn.ConvTranspose2d | nn.ConvTranspose3d):
+            n = math.prod(m.kernel_size) * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm3d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def init_xavier(module: nn.Module) -> None:
+    """DPNet's init: Xavier-uniform Conv2d / ConvTranspose2d weights, zero biases."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,138 @@
+"""Losses against hand-computed values, masks, empty masks and gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dpface_lib.losses import cosine_normal_loss, model_loss, silog_loss, smooth_l1_disparity
+
+
+def test_smooth_l1_hand_values():
+    # errors 0, 0.5, 3 and a masked-out 10: Huber(beta=1) = 0, 0.125, 2.5 -> mean 2.625 / 3
+    gt = torch.zeros(1, 1, 4)
+    out0 = torch.tensor([[[0.0, 0.5, 3.0, 10.0]]])
+    out1 = torch.tensor([[[1.0, -1.0, 0.0, 0.0]]])  # |e| = 1 -> 0.5 each -> mean 1/3
+    mask = torch.tensor([[[True, True, True, False]]])
+    disparities = torch.stack([out0, out1], dim=1)
+    loss = smooth_l1_disparity(disparities, gt, mask, [1.0, 0.5])
+    assert loss.item() == pytest.approx(2.625 / 3 + 0.5 * (1.0 / 3))
+    assert smooth_l1_disparity(disparities, gt, mask, [0.0, 2.0]).item() == pytest.approx(2.0 / 3)
+
+
+def test_smooth_l1_pools_pixels_over_the_batch():
+    gt = torch.zeros(2, 1, 2)
+    pred = torch.tensor([[[2.0, 0.0]], [[4.0, 4.0]]]).unsqueeze(1)
+    mask = torch.tensor([[[True, False]], [[True, True]]])
+    # errors 2, 4, 4 -> Huber 1.5, 3.5, 3.5 -> mean over the 3 masked pixels
+    assert smooth_l1_disparity(pred, gt, mask, [1.0]).item() == pytest.approx(8.5 / 3)
+
+
+def test_smooth_l1_shape_errors():
+    with pytest.raises(ValueError, match="2 outputs but 1 weights"):
+        smooth_l1_disparity(
+            torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3), torch.ones(1, 3, 3, dtype=bool), [1.0]
+        )
+    with pytest.raises(ValueError, match="gt shape"):
+        smooth_l1_disparity(
+            torch.zeros(1, 1, 3, 3), torch.zeros(1, 3, 4), torch.ones(1, 3, 4, dtype=bool), [1.0]
+        )
+
+
+def test_silog_hand_value():
+    gt = torch.tensor([[[1000.0, 800.0, 900.0]]])
+    g = torch.tensor([[[0.1, 0.3, 5.0]]])  # log-ratios; the third pixel is masked out
+    pred = gt * torch.exp(g)
+    mask = torch.tensor([[[True, True, False]]])
+    # mean g^2 = 0.05, mean g = 0.2 -> 10 * sqrt(0.05 - 0.6 * 0.04)
+    assert silog_loss(pred, gt, mask).item() == pytest.approx(10 * math.sqrt(0.026), rel=1e-5)
+    assert silog_loss(pred, gt, mask, variance_focus=0.0).item() == pytest.approx(
+        10 * math.sqrt(0.05), rel=1e-5
+    )
+
+
+def test_silog_is_scale_invariant_at_full_variance_focus():
+    gt = torch.rand(2, 5, 5, dtype=torch.float64) * 500 + 700  # float64: the radicand cancels to ~0
+    mask = torch.ones(2, 5, 5, dtype=torch.bool)
+    pred = (2.0 * gt).requires_grad_()
+    loss = silog_loss(pred, gt, mask, variance_focus=1.0)
+    assert loss.item() < 1e-4
+    loss.backward()
+    assert torch.isfinite(pred.grad).all()
+
+
+def test_cosine_hand_values():
+    def field(v):
+        return torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1)
+
+    mask = torch.ones(1, 1, 1, dtype=torch.bool)
+    x, y = field([1, 0, 0]), field([0, 1, 0])
+    assert cosine_normal_loss(x, y, mask).item() == pytest.approx(1.0)
+    assert cosine_normal_loss(x, -x, mask).item() == pytest.approx(2.0)
+    assert cosine_normal_loss(5 * x, x, mask).item() == pytest.approx(0.0, abs=1e-7)  # length does not matter
+    assert cosine_normal_loss(field([1, 1, 0]), x, mask).item() == pytest.approx(1 - math.sqrt(0.5), rel=1e-6)
+
+
+def test_cosine_mean_over_masked_pixels():
+    pred = torch.zeros(1, 3, 1, 3)
+    pred[0, 2] = 1.0  # all +z
+    gt = torch.zeros(1, 3, 1, 3)
+    gt[0, 2, 0, 0], gt[0, 0, 0, 1], gt[0, 2, 0, 2] = 1.0, 1.0, -1.0  # losses 0, 1, 2
+    mask = torch.tensor([[[True, True, False]]])
+    assert cosine_normal_loss(pred, gt, mask).item() == pytest.approx(0.5)
+    assert cosine_normal_loss(pred, gt, torch.ones(1, 1, 3, dtype=torch.bool)).item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("which", ["smooth_l1", "silog", "cosine"])
+def test_empty_mask_gives_zero_with_a_gradient_path(which):
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    if which == "smooth_l1":
+        pred = torch.randn(1, 2, 4, 4, requires_grad=True)
+        loss = smooth_l1_disparity(pred, torch.zeros(1, 4, 4), mask, [1.0, 0.5])
+    elif which == "silog":
+        pred = (torch.rand(1, 4, 4) + 1).requires_grad_()
+        loss = silog_loss(pred, torch.ones(1, 4, 4), mask)
+    else:
+        pred = torch.randn(1, 3, 4, 4, requires_grad=True)
+        loss = cosine_normal_loss(pred, torch.randn(1, 3, 4, 4), mask)
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert torch.equal(pred.grad, torch.zeros_like(pred))
+
+
+def test_gradcheck_float64():
+    torch.manual_seed(0)
+    mask = torch.rand(1, 3, 4) > 0.3
+    d = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    gt = torch.randn(1, 3, 4, dtype=torch.float64) * 0.1  # keeps errors away from the |e| = 1 kink
+    assert torch.autograd.gradcheck(lambda p: smooth_l1_disparity(p, gt, mask, [1.0, 0.3]), (d,))
+    z = (torch.rand(1, 3, 4, dtype=torch.float64) + 0.5).requires_grad_()
+    zgt = torch.rand(1, 3, 4, dtype=torch.float64) + 0.5
+    assert torch.autograd.gradcheck(lambda p: silog_loss(p, zgt, mask), (z,))
+    n = torch.randn(1, 3, 3, 4, dtype=torch.float64, requires_grad=True)
+    ngt = torch.randn(1, 3, 3, 4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda p: cosine_normal_loss(p, ngt, mask), (n,))
+
+
+def test_model_loss_combines_terms_with_lambdas():
+    mask = torch.ones(1, 2, 2, dtype=torch.bool)
+    batch = {
+        "mask": mask,
+        "disparity": torch.zeros(1, 2, 2),
+        "depth": torch.full((1, 2, 2), 800.0),
+        "normal": torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(1, 3, 2, 2),
+    }
+    outputs = {
+        "disparities": torch.full((1, 2, 2, 2), 0.5),
+        "depth": torch.full((1, 2, 2), 800.0),
+        "normal": torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 2, 2),
+    }
+    parts = model_loss(outputs, batch, {"smooth_l1": 1.0, "cosine": 0.5}, [1.0, 0.5])
+    assert parts["smooth_l1"].item() == pytest.approx(0.125 * 1.5)
+    assert parts["cosine"].item() == pytest.approx(0.5)
+    assert parts["loss"].item() == pytest.approx(0.125 * 1.5 + 0.5)
+    assert model_loss(outputs, batch, {"silog": 1.0}, [1.0])["loss"].item() == pytest.approx(0.0, abs=1e-4)
+    with pytest.raises(ValueError, match="unknown loss term"):
+        model_loss(outputs, batch, {"l2": 1.0}, [1.0])
