@@ -1,0 +1,603 @@
+"""Reader of the facial dual-pixel benchmark layout (and of the kit's simulated sets).
+
+The layout is described in ``docs/dataset_layout.md``: ``ROOT/{train,test}.txt`` list group folders; each
+group holds ``IMG/{LEFT,RIGHT,LRSUM}/IMG_{cam}_{view}_{light}.JPG``, ``DEPTH|NORMAL|MASK|ALBEDO/*.npy``,
+``JSON/INFO_{cam}_{view}_{light}.json`` and ``CALIBRATION/*.npy``.
+
+Three entry points:
+
+- :func:`index` -> a pandas DataFrame, one row per JSON (one view under one light), with metadata and
+  file paths.
+- :func:`read_sample` -> a dict of numpy arrays (images (H, W, 3) float32 in [0, 1], depth (H, W) mm, ...).
+- :class:`FaceDPDataset` -> a torch ``Dataset`` of channel-first tensors with the disparity ground truth
+  ``d = a / Z + b`` (px) inside the face mask.
+
+Safety: JSON is parsed with :mod:`json`; ``PARAMS`` strings such as ``"array([1.0, 2.0])"`` are decoded with
+:func:`ast.literal_eval` on the bracketed part only (never ``eval``); ``.npy`` files load with
+``allow_pickle=False``; every path taken from a split file or a JSON must resolve inside the dataset root.
+Every problem raises :class:`DatasetError` naming the file and what is wrong.
+
+Left/right: ``PATH.left`` is returned as ``left`` and ``PATH.right`` as ``right``, with no swapping
+anywhere in the reader. With the kit's sign convention (``dpface_lib.geometry``) the right view is the left
+view shifted by ``+d`` along image rows. (The original loader exchanged the two names and then swapped them
+back per split and per group; the kit keeps one convention and leaves any per-group correction of real data
+to configuration.)
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from dpface_lib.geometry import BENCHMARK_CAMERA_AB, depth_to_disparity
+
+__all__ = [
+    "BENCHMARK_CAMERA_AB",
+    "DatasetError",
+    "FaceDPDataset",
+    "index",
+    "parse_literal_array",
+    "read_calibration",
+    "read_sample",
+    "read_split",
+]
+
+IMAGE_KEYS = ("left", "right", "lrsum")
+ARRAY_KEYS = ("depth", "normal", "mask", "albedo")
+REQUIRED_INFO = ("valid", "camidx", "lightidx", "gender", "expression", "position", "direction")
+REQUIRED_PATH = ("left", "right", "lrsum", "depth", "normal", "albedo")
+REQUIRED_PARAMS = ("intrinsic", "pose")
+#: Group folders of the real benchmark ("2020-1-16_group3"); their JSON ``abvalue`` is not used in "auto"
+#: mode.
+REAL_GROUP_PATTERN = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}_group\d+$")
+_JSON_NAME = re.compile(r"^INFO_(\d+)_(\d+)_(\d+)\.json$")
+_ARRAY_WRAPPER = re.compile(r"^\s*(?:(?:np|numpy)\s*\.\s*)?array\s*\((.*)\)\s*$", re.S)
+_DTYPE_SUFFIX = re.compile(r",\s*dtype\s*=\s*[\w.]+\s*$")
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, unreadable or inconsistent; the message names the file and the problem."""
+
+
+# --------------------------------------------------------------------------------------------- small parsers
+def parse_literal_array(
+    value: Any, *, name: str, file: str | Path, sizes: Iterable[int] | None = None
+) -> np.ndarray:
+    """Decode a ``PARAMS`` value into a flat float64 array without evaluating code.
+
+    Accepts a JSON list/number or a string such as ``"[1, 2]"``, ``"array([1., 2.])"`` or
+    ``"array([1., 2.], dtype=float32)"``; ``nan``/``inf`` tokens are understood. ``sizes`` lists the accepted
+    element counts. Raises :class:`DatasetError` naming ``file`` and ``name`` otherwise.
+    """
+    data = value
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) > 100_000:
+            raise DatasetError(f"{file}: PARAMS.{name} is too long to be a parameter list")
+        match = _ARRAY_WRAPPER.match(text)
+        if match:
+            text = _DTYPE_SUFFIX.sub("", match.group(1).strip())
+        text = re.sub(r"\bnan\b", "None", text)
+        text = re.sub(r"\binf\b", "1e999", text)
+        try:
+            data = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+            raise DatasetError(f"{file}: PARAMS.{name} is not a literal list of numbers: {value!r}") from exc
+    try:
+        raw = np.asarray(data, dtype=np.float64)
+    except (ValueError, TypeError) as exc:
+        raise DatasetError(f"{file}: PARAMS.{name} does not hold numbers: {value!r}") from exc
+    if raw.ndim > 2:
+        raise DatasetError(f"{file}: PARAMS.{name} has {raw.ndim} dimensions, expected a flat list")
+    flat = raw.ravel()
+    allowed = tuple(sizes) if sizes is not None else None
+    if allowed is not None and flat.size not in allowed:
+        raise DatasetError(f"{file}: PARAMS.{name} has {flat.size} values, expected one of {allowed}")
+    return flat
+
+
+def _inside(root: Path, rel: str | Path, *, source: str | Path, what: str) -> Path:
+    """Resolve ``rel`` against ``root`` (symlinks followed) and refuse anything that ends up outside it."""
+    rel_path = Path(rel)
+    if rel_path.is_absolute():
+        raise DatasetError(
+            f"{source}: {what} {str(rel)!r} is an absolute path; only paths inside the root are allowed"
+        )
+    root_real = root.resolve()
+    target = (root_real / rel_path).resolve()
+    if not target.is_relative_to(root_real):
+        raise DatasetError(
+            f"{source}: {what} {str(rel)!r} resolves to {target}, outside the dataset root {root_real}"
+        )
+    return target
+
+
+def read_split(root: str | Path, split: str) -> list[str]:
+    """Group folder names listed in ``ROOT/<split>.txt`` (blank lines and ``#`` comments ignored).
+
+    Raises :class:`DatasetError` for an unknown split, an empty list, a missing group folder or an entry that
+    escapes the root.
+    """
+    root = Path(root)
+    split_file = root / f"{split}.txt"
+    if not re.fullmatch(r"[\w.-]+", split) or not split_file.is_file():
+        known = sorted(p.stem for p in root.glob("*.txt")) if root.is_dir() else []
+        raise DatasetError(f"{split_file}: unknown split {split!r}; splits found in {root}: {known}")
+    groups = []
+    for lineno, line in enumerate(split_file.read_text(encoding="utf-8").splitlines(), start=1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        group_dir = _inside(root, entry, source=f"{split_file}:{lineno}", what="group")
+        if not group_dir.is_dir():
+            raise DatasetError(f"{split_file}:{lineno}: group folder {entry!r} does not exist")
+        groups.append(group_dir.relative_to(root.resolve()).as_posix())
+    if not groups:
+        raise DatasetError(f"{split_file}: split {split!r} is empty")
+    return groups
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DatasetError(f"{path}: file is missing")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+            raise DatasetError(f"{path}: holds Python objects (object dtype); refusing to unpickle") from exc
+        raise DatasetError(f"{path}: unreadable or truncated .npy ({exc})") from exc
+    except (OSError, EOFError) as exc:
+        raise DatasetError(f"{path}: unreadable or truncated .npy ({exc})") from exc
+    if not isinstance(array, np.ndarray) or array.dtype.hasobject:
+        raise DatasetError(f"{path}: expected a numeric array, found {type(array).__name__}")
+    if array.dtype.kind not in "biuf":
+        raise DatasetError(f"{path}: expected a numeric array, found dtype {array.dtype}")
+    return array
+
+
+def _load_jpg(path: Path) -> np.ndarray:
+    """RGB image as float32 (H, W, 3) in [0, 1]."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise DatasetError(f"{path}: image file is missing")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"{path}: corrupt or unreadable image ({exc})") from exc
+    return rgb / 255.0
+
+
+def read_calibration(group_dir: str | Path) -> dict[str, np.ndarray | None]:
+    """The arrays of ``<group>/CALIBRATION``: ``intrinsic`` (n_cams, 3, 3), ``pose`` (n_cams, 4, 4)
+    world->camera (t in mm), ``light`` (n_lights, 3), ``metadata`` [focal_mm, focus_mm, f_number,
+    pixel_um], ``disp2depth`` (n_cams, 2) per-camera [a, b]. Missing files give ``None``; a missing folder
+    or a malformed array raises."""
+    calib_dir = Path(group_dir) / "CALIBRATION"
+    if not calib_dir.is_dir():
+        raise DatasetError(f"{calib_dir}: CALIBRATION folder is missing")
+    specs = {
+        "intrinsic": ("intrinsic.npy", lambda s: len(s) == 3 and s[1:] == (3, 3)),
+        "pose": ("pose.npy", lambda s: len(s) == 3 and s[1:] in ((4, 4), (3, 4))),
+        "light": ("light.npy", lambda s: len(s) == 2 and s[1] == 3),
+        "metadata": ("Metadata.npy", lambda s: len(s) == 1 and s[0] >= 4),
+        "disp2depth": ("Disp2Depth.npy", lambda s: len(s) == 2 and s[1] == 2),
+    }
+    out: dict[str, np.ndarray | None] = {}
+    for key, (name, shape_ok) in specs.items():
+        path = calib_dir / name
+        if not path.exists():
+            out[key] = None
+            continue
+        array = _load_npy(path).astype(np.float64)
+        if not shape_ok(array.shape):
+            raise DatasetError(f"{path}: unexpected shape {array.shape} for {key}")
+        if key == "pose" and array.shape[1] == 3:
+            array = np.concatenate([array, np.tile([[[0.0, 0.0, 0.0, 1.0]]], (len(array), 1, 1))], axis=1)
+        out[key] = array
+    return out
+
+
+# --------------------------------------------------------------------------------------------- JSON records
+def _read_json(json_path: Path) -> dict:
+    if not json_path.is_file():
+        raise DatasetError(f"{json_path}: JSON file is missing")
+    try:
+        record = json.loads(json_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{json_path}: not valid JSON ({exc})") from exc
+    if not isinstance(record, dict):
+        raise DatasetError(f"{json_path}: top level must be an object with INFO, PATH and PARAMS")
+    for section, keys in (("INFO", REQUIRED_INFO), ("PATH", REQUIRED_PATH), ("PARAMS", REQUIRED_PARAMS)):
+        block = record.get(section)
+        if not isinstance(block, dict):
+            raise DatasetError(f"{json_path}: missing JSON key {section}")
+        for key in keys:
+            if key not in block or (section == "PATH" and not isinstance(block[key], str)):
+                raise DatasetError(f"{json_path}: missing JSON key {section}.{key}")
+    return record
+
+
+def _resolve_data_path(root: Path, group_dir: Path, rel: str, *, source: Path, key: str) -> Path:
+    """PATH values are relative to ROOT (group first); paths relative to the group folder are also
+    accepted."""
+    target = _inside(root, rel, source=source, what=f"PATH.{key}")
+    if not target.exists():
+        alternative = _inside(
+            root, group_dir.relative_to(root.resolve()) / rel, source=source, what=f"PATH.{key}"
+        )
+        if alternative.exists():
+            return alternative
+    return target
+
+
+def _json_row(root: Path, json_path: Path, record: dict | None = None) -> dict[str, Any]:
+    """Metadata and resolved paths of one JSON (no array is read)."""
+    record = _read_json(json_path) if record is None else record
+    info, paths = record["INFO"], record["PATH"]
+    group_dir = json_path.resolve().parent.parent
+    name_match = _JSON_NAME.match(json_path.name)
+    row: dict[str, Any] = {
+        "group": str(info.get("group") or group_dir.name),
+        "person": int(info["person"]) if info.get("person") is not None else -1,
+        "gender": str(info["gender"]),
+        "camidx": int(info["camidx"]),
+        "lightidx": int(info["lightidx"]),
+        "viewidx": int(info.get("viewidx", name_match.group(2) if name_match else -1)),
+        "expression": str(info["expression"]),
+        "position": str(info["position"]),
+        "direction": str(info["direction"]),
+        "valid": bool(info["valid"]),
+        "sample_id": f"{group_dir.name}/{json_path.stem}",
+        "json": str(json_path.resolve()),
+    }
+    for key in (*IMAGE_KEYS, *ARRAY_KEYS):
+        rel = paths.get(key)
+        row[key] = (
+            None if rel is None else str(_resolve_data_path(root, group_dir, rel, source=json_path, key=key))
+        )
+    return row
+
+
+def _as_set(values: Any) -> set | None:
+    if values is None:
+        return None
+    if isinstance(values, (str, int)):
+        return {values}
+    return set(values)
+
+
+def _root_of(json_path: Path) -> Path:
+    return json_path.resolve().parent.parent.parent
+
+
+# --------------------------------------------------------------------------------------------- public API
+def index(
+    root: str | Path,
+    split: str | None = None,
+    *,
+    skip_bad: bool = False,
+    valid_only: bool = True,
+    lights: Iterable[int] | int | None = None,
+    cameras: Iterable[int] | int | None = None,
+    views: Iterable[int] | int | None = None,
+    expressions: Iterable[str] | str | None = None,
+    positions: Iterable[str] | str | None = None,
+    directions: Iterable[str] | str | None = None,
+    genders: Iterable[str] | str | None = None,
+    groups: Iterable[str] | str | None = None,
+    persons: Iterable[int] | int | None = None,
+) -> pd.DataFrame:
+    """One row per JSON (a view under one light) of ``split`` (``None``: every group folder under ``root``).
+
+    Columns: group, person, gender, camidx, lightidx, viewidx, expression, position, direction, valid,
+    sample_id, json, and the absolute paths left, right, lrsum, depth, normal, mask (None when absent),
+    albedo. Filters keep rows whose value is in the given set (``lights=[1]`` is the original training
+    setting); ``valid_only`` drops ``INFO.valid == false``. Only JSON metadata and paths are checked here;
+    arrays are checked by :func:`read_sample`. With ``skip_bad`` unreadable JSONs are left out and listed
+    in ``df.attrs["skipped"]`` as ``(json path, reason)``, with one warning; otherwise the first problem
+    raises :class:`DatasetError`.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset root does not exist")
+    if split is None:
+        group_names = sorted(p.name for p in root.iterdir() if (p / "JSON").is_dir())
+        if not group_names:
+            raise DatasetError(f"{root}: no group folder with a JSON/ sub-folder")
+    else:
+        group_names = read_split(root, split)
+    keep_groups, keep_lights, keep_cams, keep_views = (
+        _as_set(groups),
+        _as_set(lights),
+        _as_set(cameras),
+        _as_set(views),
+    )
+    rows, skipped = [], []
+    for group in group_names:
+        if keep_groups is not None and group not in keep_groups and Path(group).name not in keep_groups:
+            continue
+        json_dir = root / group / "JSON"
+        if not json_dir.is_dir():
+            raise DatasetError(f"{json_dir}: JSON folder of group {group!r} is missing")
+        for json_path in sorted(json_dir.glob("*.json")):
+            match = _JSON_NAME.match(json_path.name)
+            if match:  # cheap pre-filter on the file name INFO_{cam}_{view}_{light}.json
+                cam, view, light = (int(g) for g in match.groups())
+                if (
+                    (keep_cams is not None and cam not in keep_cams)
+                    or (keep_lights is not None and light not in keep_lights)
+                    or (keep_views is not None and view not in keep_views)
+                ):
+                    continue
+            try:
+                rows.append(_json_row(root, json_path))
+            except (DatasetError, ValueError, TypeError) as exc:
+                if not skip_bad:
+                    raise (
+                        exc if isinstance(exc, DatasetError) else DatasetError(f"{json_path}: {exc}")
+                    ) from exc
+                skipped.append((str(json_path), str(exc)))
+    columns = [
+        "group",
+        "person",
+        "gender",
+        "camidx",
+        "lightidx",
+        "viewidx",
+        "expression",
+        "position",
+        "direction",
+        "valid",
+        "sample_id",
+        "json",
+        *IMAGE_KEYS,
+        *ARRAY_KEYS,
+    ]
+    frame = pd.DataFrame(rows, columns=columns)
+    filters = {
+        "lightidx": keep_lights,
+        "camidx": keep_cams,
+        "viewidx": keep_views,
+        "expression": _as_set(expressions),
+        "position": _as_set(positions),
+        "direction": _as_set(directions),
+        "gender": _as_set(genders),
+        "person": _as_set(persons),
+    }
+    for column, allowed in filters.items():
+        if allowed is not None:
+            frame = frame[frame[column].isin(allowed)]
+    if valid_only:
+        frame = frame[frame["valid"]]
+    frame = frame.reset_index(drop=True)
+    frame.attrs["skipped"] = skipped
+    if skipped:
+        warnings.warn(
+            f"index({root}, {split!r}): skipped {len(skipped)} bad JSON file(s); first: {skipped[0]}",
+            stacklevel=2,
+        )
+    return frame
+
+
+def _select_ab(record: dict, camidx: int, group: str, ab_source: str, json_path: Path) -> tuple[float, float]:
+    if ab_source not in ("auto", "json", "table"):
+        raise ValueError(f"ab_source must be 'auto', 'json' or 'table', not {ab_source!r}")
+    raw = record["PARAMS"].get("abvalue")
+    from_json = None
+    if raw is not None and ab_source != "table":
+        values = parse_literal_array(raw, name="abvalue", file=json_path, sizes=(2,))
+        if np.all(np.isfinite(values)) and values[0] != 0:
+            from_json = (float(values[0]), float(values[1]))
+    if ab_source == "json" or (ab_source == "auto" and not REAL_GROUP_PATTERN.match(group)):
+        if from_json is not None:
+            return from_json
+        if ab_source == "json":
+            raise DatasetError(f"{json_path}: PARAMS.abvalue is missing or not finite (ab_source='json')")
+    if camidx not in BENCHMARK_CAMERA_AB:
+        raise DatasetError(
+            f"{json_path}: no (a, b) for camera {camidx}: PARAMS.abvalue unusable and camera not in "
+            f"the benchmark table {sorted(BENCHMARK_CAMERA_AB)}"
+        )
+    a, b = BENCHMARK_CAMERA_AB[camidx]
+    return float(a), float(b)
+
+
+def read_sample(
+    json_path: str | Path, *, root: str | Path | None = None, ab_source: str = "auto"
+) -> dict[str, Any]:
+    """Read every file of one view (one JSON) and check that they agree.
+
+    Returns numpy arrays:
+
+    - ``left``, ``right``, ``lrsum``: float32 (H, W, 3) in [0, 1];
+    - ``depth``: float32 (H, W) mm, 0 outside the mask;
+    - ``normal``: float32 (H, W, 3), unit inside the mask, 0 outside;
+    - ``mask``: bool (H, W), the stored mask (or depth > 0 when the JSON has none) restricted to depth > 0;
+    - ``albedo``: float32 (H, W, 3);
+    - ``K``: float64 (3, 3); ``pose``: float64 (4, 4) world->camera (mm); ``light``: float64 (3,) or None;
+    - ``a``, ``b``: floats, disparity = a / Z + b (px); ``meta``: the index row (dict); ``sample_id``.
+
+    ``root`` defaults to three levels above the JSON (``ROOT/<group>/JSON/INFO_*.json``). ``ab_source``:
+    "json" uses PARAMS.abvalue, "table" the per-camera benchmark table :data:`BENCHMARK_CAMERA_AB`, "auto"
+    the JSON value when present and finite except for real benchmark groups (named like
+    ``2020-1-16_group3``), whose JSON values the original loader did not trust, and the table otherwise.
+    """
+    json_path = Path(json_path)
+    root = Path(root) if root is not None else _root_of(json_path)
+    record = _read_json(json_path)
+    meta = _json_row(root, json_path, record)
+    images = {key: _load_jpg(Path(meta[key])) for key in IMAGE_KEYS}
+    height, width = images["left"].shape[:2]
+    for key in ("right", "lrsum"):
+        if images[key].shape[:2] != (height, width):
+            raise DatasetError(
+                f"{meta[key]}: image shape {images[key].shape[:2]} disagrees with the left image "
+                f"{(height, width)}"
+            )
+
+    def check(path: str, array: np.ndarray, channels: int | None) -> None:
+        expected = (height, width) if channels is None else (height, width, channels)
+        if array.shape != expected:
+            raise DatasetError(f"{path}: shape {array.shape} disagrees with the images (expected {expected})")
+
+    depth = _load_npy(Path(meta["depth"])).astype(np.float32)
+    check(meta["depth"], depth, None)
+    if not np.all(np.isfinite(depth)):
+        bad = int((~np.isfinite(depth)).sum())
+        raise DatasetError(f"{meta['depth']}: depth holds {bad} NaN/inf value(s); use 0 for missing depth")
+    valid_depth = depth > 0
+    if meta["mask"] is not None:
+        mask_raw = _load_npy(Path(meta["mask"]))
+        check(meta["mask"], mask_raw, None)
+        mask = (mask_raw > 0) & valid_depth
+    else:
+        mask = valid_depth
+    normal = _load_npy(Path(meta["normal"])).astype(np.float32)
+    check(meta["normal"], normal, 3)
+    normal = np.where(mask[..., None], normal, 0.0).astype(np.float32)
+    if not np.all(np.isfinite(normal)):
+        raise DatasetError(f"{meta['normal']}: normals hold NaN/inf inside the mask")
+    norm = np.linalg.norm(normal, axis=-1, keepdims=True)
+    normal = np.divide(normal, norm, out=np.zeros_like(normal), where=norm > 1e-6)
+    albedo = _load_npy(Path(meta["albedo"])).astype(np.float32)
+    check(meta["albedo"], albedo, 3)
+    if not np.all(np.isfinite(albedo)):
+        raise DatasetError(f"{meta['albedo']}: albedo holds NaN/inf")
+    depth = np.where(mask, depth, 0.0).astype(np.float32)
+
+    params = record["PARAMS"]
+    intr = parse_literal_array(params["intrinsic"], name="intrinsic", file=json_path, sizes=range(5, 17))
+    K = np.array([[intr[0], intr[2], intr[3]], [0.0, intr[1], intr[4]], [0.0, 0.0, 1.0]])
+    pose_values = parse_literal_array(params["pose"], name="pose", file=json_path, sizes=(12, 16))
+    pose = np.eye(4)
+    pose[: len(pose_values) // 4] = pose_values.reshape(-1, 4)
+    light = None
+    if params.get("Lvalue") is not None:
+        light = parse_literal_array(params["Lvalue"], name="Lvalue", file=json_path, sizes=(3,))
+    if not (np.all(np.isfinite(K)) and np.all(np.isfinite(pose))):
+        raise DatasetError(f"{json_path}: PARAMS.intrinsic or PARAMS.pose holds NaN/inf")
+    a, b = _select_ab(record, meta["camidx"], meta["group"], ab_source, json_path)
+    return {
+        **images,
+        "depth": depth,
+        "normal": normal,
+        "mask": mask,
+        "albedo": albedo,
+        "K": K,
+        "pose": pose,
+        "light": light,
+        "a": a,
+        "b": b,
+        "meta": meta,
+        "sample_id": meta["sample_id"],
+    }
+
+
+def sample_to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
+    """Convert a :func:`read_sample` dict into the kit's batch dict of channel-first torch tensors.
+
+    ``left``/``right``/``lrsum``/``albedo`` (3, H, W) float32; ``depth`` (H, W) mm, 0 outside the mask;
+    ``disparity`` (H, W) px = a / Z + b inside the mask (computed in float64), 0 outside; ``normal`` (3, H,
+    W); ``mask`` bool (H, W); ``K`` (3, 3), ``pose`` (4, 4), ``light`` (3,) (zeros when unknown) float32;
+    ``a``, ``b`` 0-d float32; ``meta`` dict; ``sample_id`` str.
+    """
+    mask = sample["mask"]
+    disparity = np.where(
+        mask, depth_to_disparity(sample["depth"].astype(np.float64), sample["a"], sample["b"]), 0.0
+    )
+
+    def chw(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32))
+
+    keys = ("group", "person", "camidx", "lightidx", "viewidx", "expression", "position", "direction", "json")
+    meta = {key: sample["meta"][key] for key in keys}
+    light = sample["light"] if sample["light"] is not None else np.zeros(3)
+    return {
+        **{key: chw(sample[key]) for key in (*IMAGE_KEYS, "albedo", "normal")},
+        "depth": torch.from_numpy(np.ascontiguousarray(sample["depth"], dtype=np.float32)),
+        "disparity": torch.from_numpy(disparity.astype(np.float32)),
+        "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=bool)),
+        "K": torch.as_tensor(sample["K"], dtype=torch.float32),
+        "pose": torch.as_tensor(sample["pose"], dtype=torch.float32),
+        "light": torch.as_tensor(light, dtype=torch.float32),
+        "a": torch.tensor(sample["a"], dtype=torch.float32),
+        "b": torch.tensor(sample["b"], dtype=torch.float32),
+        "meta": meta,
+        "sample_id": sample["sample_id"],
+    }
+
+
+class FaceDPDataset(Dataset):
+    """Torch dataset over :func:`index` rows; items are :func:`sample_to_tensors` dicts passed through
+    ``transform``.
+
+    Keyword filters (``lights=[1]``, ``cameras=...``, ``expressions=...``, ...) go to :func:`index`.
+    ``skip_bad=True`` reads every sample once at construction (JSON, images, arrays, consistency checks),
+    keeps the good ones and lists the others in ``self.skipped`` as ``(json path, reason)``, with one
+    summary warning; ``skip_bad=False`` raises :class:`DatasetError` on the first bad sample when it is read.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | None,
+        transform: Callable[[dict], dict] | None = None,
+        *,
+        skip_bad: bool = False,
+        ab_source: str = "auto",
+        **filters: Any,
+    ) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.transform = transform
+        self.ab_source = ab_source
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frame = index(self.root, split, skip_bad=skip_bad, **filters)
+        self.skipped: list[tuple[str, str]] = list(frame.attrs.get("skipped", []))
+        if skip_bad:
+            good = []
+            for i, json_path in enumerate(frame["json"]):
+                try:
+                    read_sample(json_path, root=self.root, ab_source=ab_source)
+                    good.append(i)
+                except DatasetError as exc:
+                    self.skipped.append((json_path, str(exc)))
+            frame = frame.iloc[good].reset_index(drop=True)
+            if self.skipped:
+                warnings.warn(
+                    f"FaceDPDataset({self.root}, {split!r}): skipped {len(self.skipped)} bad sample(s); "
+                    f"kept {len(frame)}; first: {self.skipped[0][0]}: {self.skipped[0][1]}",
+                    stacklevel=2,
+                )
+        if len(frame) == 0:
+            raise DatasetError(f"{self.root}: split {split!r} has no sample left after filtering")
+        self.frame = frame
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"sample {i} out of range for {len(self)} samples")
+        i = i % len(self)
+        sample = sample_to_tensors(
+            read_sample(self.frame.at[i, "json"], root=self.root, ab_source=self.ab_source)
+        )
+        return self.transform(sample) if self.transform is not None else sample
+
+    def __repr__(self) -> str:
+        return f"FaceDPDataset(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"
