@@ -17,10 +17,11 @@ declare a ``grid`` (a sweep) that expands into one run per combination::
 
 ``run_pipeline`` writes ``OUT/<step>[__<k>-<v>_...].ipynb`` for each run and ``OUT/summary.csv``
 (step, notebook, parameters, status, seconds, output). Notebooks that declare an ``out_dir``
-parameter get ``OUT/<run name>/`` for the files they write. A failing cell stops the pipeline with
-the notebook and cell named; the partially executed notebook is kept for inspection. An existing
-non-empty ``OUT`` is never overwritten: use ``resume=True`` to re-run only the runs that did not
-finish, or pick a new folder.
+parameter get ``OUT/<run name>/`` for the files they write, and ``{run_dir}`` inside a string
+parameter is replaced by ``OUT`` (so a later step can read what earlier steps wrote). A failing
+cell stops the pipeline with the notebook and cell named; the partially executed notebook is kept
+for inspection. An existing non-empty ``OUT`` is never overwritten: use ``resume=True`` to re-run
+only the runs that did not finish, or pick a new folder.
 """
 
 from __future__ import annotations
@@ -144,10 +145,18 @@ def _resolve_parameters(run: Run, out_dir: Path) -> dict[str, Any]:
             f"its parameters cell declares {sorted(declared)}"
         )
     shared = {k: v for k, v in run.shared.items() if k in declared}
-    params = {**shared, **own}
+    params = {key: _substitute_run_dir(value, out_dir) for key, value in {**shared, **own}.items()}
     if "out_dir" in declared and "out_dir" not in own:
         params["out_dir"] = str(out_dir / run.name)
     return params
+
+
+def _substitute_run_dir(value: Any, out_dir: Path) -> Any:
+    if isinstance(value, str):
+        return value.replace("{run_dir}", str(out_dir))
+    if isinstance(value, list):
+        return [_substitute_run_dir(v, out_dir) for v in value]
+    return value
 
 
 def _kernel_name(requested: str | None) -> str:

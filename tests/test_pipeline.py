@@ -18,7 +18,8 @@ def _notebook(path: Path, body: str, params: str = "x = 1\nout_dir = None") -> P
     cell = nbformat.v4.new_code_cell(params)
     cell.metadata["tags"] = ["parameters"]
     nb.cells = [cell, nbformat.v4.new_code_cell(body)]
-    nb.metadata["kernelspec"] = {"name": "dpface", "display_name": "Python (DP-Face kit)", "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "dpface", "display_name": "Python (DP-Face kit)",
+                                 "language": "python"}
     nbformat.write(nb, path)
     return path
 
@@ -106,8 +107,24 @@ steps:
     assert all(float(row["seconds"]) > 0 for row in summary)
 
 
+def test_run_dir_placeholder_points_later_steps_at_this_run(project: Path) -> None:
+    _notebook(project / "reader.ipynb", "from pathlib import Path\n"
+              "assert (Path(source) / 'first' / 'x.txt').read_text() == '3'\n"
+              "Path(out_dir).mkdir(parents=True)\n(Path(out_dir) / 'seen.txt').write_text(source)",
+              params="source = ''\nout_dir = None")
+    spec = _write_yaml(project / "p.yaml", """
+steps:
+  - {name: first, notebook: ok.ipynb, parameters: {x: 3}}
+  - {name: second, notebook: reader.ipynb, parameters: {source: '{run_dir}'}}
+""")
+    out = project / "out"
+    run_pipeline(spec, out, cell_progress=False)
+    assert (out / "second" / "seen.txt").read_text() == str(out)
+
+
 def test_unknown_parameter_is_rejected_before_running(project: Path) -> None:
-    spec = _write_yaml(project / "p.yaml", "steps:\n  - {name: a, notebook: ok.ipynb, parameters: {nope: 1}}\n")
+    spec = _write_yaml(project / "p.yaml",
+                       "steps:\n  - {name: a, notebook: ok.ipynb, parameters: {nope: 1}}\n")
     with pytest.raises(PipelineError, match=r"has no parameter\(s\) \['nope'\]"):
         run_pipeline(spec, project / "out", cell_progress=False)
 
