@@ -97,3 +97,16 @@ def test_cli_dispatch_and_unknown_command(capsys) -> None:
     assert "pipeline" in capsys.readouterr().out
     assert main(["no-such-command"]) == 2
     assert "unknown command" in capsys.readouterr().err
+
+
+def test_pipeline_yaml_steps_match_their_notebooks(tmp_path: Path) -> None:
+    from dpface_lib.pipeline import _resolve_parameters, load_pipeline
+
+    runs = load_pipeline(REPO_ROOT / "pipeline.yaml")
+    used = {run.notebook.name for run in runs}
+    assert used == {nb.name for nb in NOTEBOOKS}, "every notebook runs in the pipeline"
+    for run in runs:
+        params = _resolve_parameters(run, tmp_path)  # raises on a parameter the notebook lacks
+        assert "{run_dir}" not in json.dumps(params)
+    models = {run.parameters["model"] for run in runs if run.step == "train"}
+    assert {"psmnet", "dpnet", "stereonet", "nnet", "bts"} <= models
