@@ -1,0 +1,201 @@
+"""Speed and memory of the compiled 3D deformable convolution against the pure-PyTorch reference (ANM shapes)
+and against torchvision's deform_conv2d on the same 2D work (kernel depth 1, volume depth 1).
+
+Prints, per case, the median wall time of a forward and of a forward+backward pass, the peak memory of one
+forward+backward, and the ratios reference / compiled and compiled / torchvision, all measured in one run.
+
+Peak memory:
+  cuda: torch.cuda.max_memory_allocated() during one forward+backward, minus the memory allocated before it.
+  cpu:  in a fresh spawned process that allocates the inputs, the peak resident set size is reset
+        (/proc/self/clear_refs) and one forward+backward runs; reported as peak RSS (VmHWM) minus the RSS
+        before the pass. It counts every buffer the pass touches (column buffers, autograd-saved tensors,
+        allocator slack), so it bounds the op's working memory from above; it is not an allocator figure.
+
+Usage: python benchmarks/bench_deform_conv3d.py [--device cpu|cuda] [--batch 1] [--hw 48x64] [--repeats 3]
+       [--no-reference] [--no-memory] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import time
+from collections.abc import Callable
+
+import dpface_kernels
+import torch
+import torchvision
+from dpface_kernels import reference
+
+
+def make_inputs(batch, c_in, c_out, depth, kernel_depth, h, w, device, seed=0, requires_grad=True):
+    """Random ANM-like problem: offsets ~ N(0, 1) voxels, no modulation mask, bias."""
+    gen = torch.Generator().manual_seed(seed)
+    k = kernel_depth * 9
+    tensors = {
+        "input": torch.randn(batch, c_in, depth, h, w, generator=gen),
+        "offset": torch.randn(batch, 3 * k, depth, h, w, generator=gen),
+        "weight": torch.randn(c_out, c_in, kernel_depth, 3, 3, generator=gen) * 0.05,
+        "bias": torch.randn(c_out, generator=gen),
+    }
+    if kernel_depth == 1:
+        tensors["offset"].view(batch, k, 3, depth, h, w)[:, :, 0] = 0  # no t shift: equal to 2D work
+    return {name: t.to(device).requires_grad_(requires_grad) for name, t in tensors.items()}
+
+
+def run_3d(fn: Callable, t: dict, padding) -> torch.Tensor:
+    return fn(t["input"], t["offset"], t["weight"], t["bias"], None, 1, padding, 1, 1, 1)
+
+
+def run_2d_torchvision(t: dict) -> torch.Tensor:
+    x = t["input"][:, :, 0]
+    n, _, h, w = x.shape
+    offset = t["offset"].view(n, 9, 3, h, w)[:, :, 1:].reshape(n, 18, h, w)  # (dh, dw) per tap
+    return torchvision.ops.deform_conv2d(x, offset, t["weight"][:, :, 0], t["bias"], padding=1)
+
+
+def step(forward: Callable, t: dict, backward: bool) -> None:
+    y = forward(t)
+    if backward:
+        y.backward(torch.ones_like(y))
+
+
+def timed(forward: Callable, t: dict, backward: bool, repeats: int, device: str) -> float:
+    """Median seconds of `repeats` calls after one warm-up call."""
+    times = []
+    for i in range(repeats + 1):
+        for v in t.values():
+            v.grad = None
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step(forward, t, backward)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i > 0:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+FORWARDS = {
+    "compiled": lambda pad: lambda t: run_3d(dpface_kernels.deform_conv3d, t, pad),
+    "reference": lambda pad: lambda t: run_3d(reference.deform_conv3d, t, pad),
+    "torchvision": lambda pad: run_2d_torchvision,
+}
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _rss_probe(impl: str, shape: tuple, threads: int | None) -> float:
+    """In a fresh process: peak RSS growth (MiB) of one forward+backward (Linux /proc only)."""
+    if threads:
+        torch.set_num_threads(threads)
+    t = make_inputs(*shape, device="cpu")
+    pad = (1 if shape[4] == 3 else 0, 1, 1)
+    forward = FORWARDS[impl](pad)
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
+    except OSError:
+        return float("nan")
+    start = _status_kib("VmRSS")
+    step(forward, t, backward=True)
+    return (_status_kib("VmHWM") - start) / 1024
+
+
+def peak_memory_mib(impl: str, shape: tuple, device: str, threads: int | None) -> float:
+    if device == "cuda":
+        t = make_inputs(*shape, device="cuda")
+        pad = (1 if shape[4] == 3 else 0, 1, 1)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step(FORWARDS[impl](pad), t, backward=True)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_rss_probe, (impl, shape, threads))
+
+
+def measure(impl: str, shape: tuple, args) -> dict:
+    pad = (1 if shape[4] == 3 else 0, 1, 1)
+    t = make_inputs(*shape, device=args.device)
+    forward = FORWARDS[impl](pad)
+    result = {
+        "fwd": timed(forward, t, False, args.repeats, args.device),
+        "fwd+bwd": timed(forward, t, True, args.repeats, args.device),
+    }
+    del t
+    result["mem"] = peak_memory_mib(impl, shape, args.device, args.threads) if args.memory else float("nan")
+    return result
+
+
+def report(title: str, shape: tuple, rows: dict, baseline: str, other: str, ratio_name: str) -> None:
+    batch, c_in, c_out, depth, kd, h, w = shape
+    print(f"\n{title}: input ({batch}, {c_in}, {depth}, {h}, {w}) -> {c_out} channels, kernel {kd}x3x3")
+    print(f"  {'implementation':<12} {'fwd ms':>9} {'fwd+bwd ms':>11} {'peak MiB':>9}")
+    for name, r in rows.items():
+        print(f"  {name:<12} {r['fwd'] * 1e3:9.1f} {r['fwd+bwd'] * 1e3:11.1f} {r['mem']:9.1f}")
+    if other in rows and baseline in rows:
+        a, b = rows[other], rows[baseline]
+        print(
+            f"  {ratio_name}: fwd {a['fwd'] / b['fwd']:.2f}x, fwd+bwd {a['fwd+bwd'] / b['fwd+bwd']:.2f}x, "
+            f"memory {a['mem'] / b['mem']:.2f}x"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--hw", default="48x64", help="quarter-resolution feature size HxW (192x256 input)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--no-reference", dest="reference", action="store_false")
+    parser.add_argument("--no-memory", dest="memory", action="store_false")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device")
+    if not dpface_kernels.has_compiled():
+        parser.error("dpface_kernels is not compiled (run `make kernels`); nothing to compare")
+    h, w = (int(v) for v in args.hw.lower().split("x"))
+    device_name = (
+        torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"deform_conv3d benchmark on {device_name}; torch {torch.__version__}, torchvision "
+        f"{torchvision.__version__}; median of {args.repeats}"
+    )
+
+    for name, c_in, c_out in (("ANM DCN1", 35, 64), ("ANM DCN2", 64, 64)):
+        shape = (args.batch, c_in, c_out, 4, 3, h, w)
+        rows = {"compiled": measure("compiled", shape, args)}
+        if args.reference:
+            rows["reference"] = measure("reference", shape, args)
+        report(name, shape, rows, "compiled", "reference", "reference / compiled")
+
+    # Same 2D work: the 4 depth slices folded into the batch, kernel depth 1.
+    shape = (args.batch * 4, 64, 64, 1, 1, h, w)
+    rows = {"compiled": measure("compiled", shape, args), "torchvision": measure("torchvision", shape, args)}
+    report(
+        "2D work (kT = T = 1) vs torchvision.ops.deform_conv2d",
+        shape,
+        rows,
+        "torchvision",
+        "compiled",
+        "compiled / torchvision",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

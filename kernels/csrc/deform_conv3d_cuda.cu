@@ -1,0 +1,208 @@
+// CUDA kernels of the 3D deformable convolution: one thread per column entry (im2col, col2im with atomic adds)
+// or per (offset group, sampling point, output voxel) (offset/mask gradients). The trilinear arithmetic is the
+// same header code the CPU kernels use; arithmetic runs in float for half/bfloat16 inputs.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/Atomic.cuh>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "deform_conv3d.h"
+
+namespace dpface {
+namespace {
+
+constexpr int kThreads = 256;
+
+inline int blocks_for(int64_t total) {
+  return static_cast<int>(std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t(1) << 16));
+}
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void sample_position(const DeformConv3dShape& s, const scalar_t* offset, int64_t g,
+                                                int64_t k, int64_t l, acc_t& t, acc_t& h, acc_t& w) {
+  base_position(s, k, l, t, h, w);
+  const scalar_t* off = offset + (g * 3 * s.K + 3 * k) * s.L + l;
+  t += static_cast<acc_t>(off[0]);
+  h += static_cast<acc_t>(off[s.L]);
+  w += static_cast<acc_t>(off[2 * s.L]);
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void im2col_kernel(const DeformConv3dShape s, const scalar_t* __restrict__ input,
+                              const scalar_t* __restrict__ offset, const scalar_t* __restrict__ mask,
+                              scalar_t* __restrict__ columns) {
+  const int64_t total = s.C * s.K * s.L;
+  const int64_t volume = s.T * s.H * s.W;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(blockDim.x) * gridDim.x) {
+    const int64_t l = idx % s.L, k = (idx / s.L) % s.K, c = idx / (s.K * s.L);
+    const int64_t g = c / s.channels_per_offset_group;
+    acc_t t, h, w;
+    sample_position(s, offset, g, k, l, t, h, w);
+    TrilinearCorners<acc_t> corners;
+    acc_t value = 0;
+    if (trilinear_corners(t, h, w, s.T, s.H, s.W, corners)) {
+      const scalar_t* x = input + c * volume;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) value += corners.weight[j] * static_cast<acc_t>(x[corners.index[j]]);
+      if (mask != nullptr) value *= static_cast<acc_t>(mask[(g * s.K + k) * s.L + l]);
+    }
+    columns[idx] = static_cast<scalar_t>(value);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void col2im_kernel(const DeformConv3dShape s, const scalar_t* __restrict__ grad_columns,
+                              const scalar_t* __restrict__ offset, const scalar_t* __restrict__ mask,
+                              scalar_t* __restrict__ grad_input) {
+  const int64_t total = s.C * s.K * s.L;
+  const int64_t volume = s.T * s.H * s.W;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(blockDim.x) * gridDim.x) {
+    const int64_t l = idx % s.L, k = (idx / s.L) % s.K, c = idx / (s.K * s.L);
+    const int64_t g = c / s.channels_per_offset_group;
+    acc_t grad = static_cast<acc_t>(grad_columns[idx]);
+    if (mask != nullptr) grad *= static_cast<acc_t>(mask[(g * s.K + k) * s.L + l]);
+    if (grad == acc_t(0)) continue;
+    acc_t t, h, w;
+    sample_position(s, offset, g, k, l, t, h, w);
+    TrilinearCorners<acc_t> corners;
+    if (!trilinear_corners(t, h, w, s.T, s.H, s.W, corners)) continue;
+    scalar_t* gx = grad_input + c * volume;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      if (corners.weight[j] != acc_t(0)) {
+        gpuAtomicAdd(gx + corners.index[j], static_cast<scalar_t>(corners.weight[j] * grad));
+      }
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void offset_mask_grad_kernel(const DeformConv3dShape s, const scalar_t* __restrict__ grad_columns,
+                                        const scalar_t* __restrict__ input, const scalar_t* __restrict__ offset,
+                                        const scalar_t* __restrict__ mask, scalar_t* __restrict__ grad_offset,
+                                        scalar_t* __restrict__ grad_mask) {
+  const int64_t total = s.offset_groups * s.K * s.L;
+  const int64_t volume = s.T * s.H * s.W;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(blockDim.x) * gridDim.x) {
+    const int64_t l = idx % s.L, k = (idx / s.L) % s.K, g = idx / (s.K * s.L);
+    acc_t t, h, w;
+    sample_position(s, offset, g, k, l, t, h, w);
+    TrilinearCorners<acc_t> corners;
+    acc_t value = 0, dt = 0, dh = 0, dw = 0;
+    if (trilinear_corners(t, h, w, s.T, s.H, s.W, corners)) {
+      for (int64_t c = g * s.channels_per_offset_group; c < (g + 1) * s.channels_per_offset_group; ++c) {
+        const scalar_t* x = input + c * volume;
+        const acc_t gc = static_cast<acc_t>(grad_columns[(c * s.K + k) * s.L + l]);
+        acc_t v_sum = 0, t_sum = 0, h_sum = 0, w_sum = 0;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const acc_t v = static_cast<acc_t>(x[corners.index[j]]);
+          v_sum += corners.weight[j] * v;
+          t_sum += corners.d_weight[j][0] * v;
+          h_sum += corners.d_weight[j][1] * v;
+          w_sum += corners.d_weight[j][2] * v;
+        }
+        value += gc * v_sum;
+        dt += gc * t_sum;
+        dh += gc * h_sum;
+        dw += gc * w_sum;
+      }
+    }
+    const acc_t m = mask != nullptr ? static_cast<acc_t>(mask[(g * s.K + k) * s.L + l]) : acc_t(1);
+    scalar_t* go = grad_offset + (g * 3 * s.K + 3 * k) * s.L + l;
+    go[0] = static_cast<scalar_t>(m * dt);
+    go[s.L] = static_cast<scalar_t>(m * dh);
+    go[2 * s.L] = static_cast<scalar_t>(m * dw);
+    if (grad_mask != nullptr) grad_mask[(g * s.K + k) * s.L + l] = static_cast<scalar_t>(value);
+  }
+}
+
+template <typename scalar_t>
+const scalar_t* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
+}
+
+#define DPFACE_DISPATCH_CUDA_TYPES(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, TYPE, NAME, __VA_ARGS__)
+
+void im2col(const DeformConv3dShape& s, const at::Tensor& input_n, const at::Tensor& offset_n,
+            const at::Tensor& mask_n, at::Tensor& columns) {
+  const int64_t total = s.C * s.K * s.L;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  DPFACE_DISPATCH_CUDA_TYPES(input_n.scalar_type(), "deform_conv3d_im2col_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    im2col_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(
+        s, input_n.const_data_ptr<scalar_t>(), offset_n.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(mask_n),
+        columns.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void col2im(const DeformConv3dShape& s, const at::Tensor& grad_columns, const at::Tensor& offset_n,
+            const at::Tensor& mask_n, at::Tensor& grad_input_n) {
+  const int64_t total = s.C * s.K * s.L;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  DPFACE_DISPATCH_CUDA_TYPES(grad_columns.scalar_type(), "deform_conv3d_col2im_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    col2im_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(
+        s, grad_columns.const_data_ptr<scalar_t>(), offset_n.const_data_ptr<scalar_t>(),
+        data_or_null<scalar_t>(mask_n), grad_input_n.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void offset_mask_grad(const DeformConv3dShape& s, const at::Tensor& grad_columns, const at::Tensor& input_n,
+                      const at::Tensor& offset_n, const at::Tensor& mask_n, at::Tensor& grad_offset_n,
+                      at::Tensor& grad_mask_n) {
+  const int64_t total = s.offset_groups * s.K * s.L;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  DPFACE_DISPATCH_CUDA_TYPES(grad_columns.scalar_type(), "deform_conv3d_offset_mask_grad_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    offset_mask_grad_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(
+        s, grad_columns.const_data_ptr<scalar_t>(), input_n.const_data_ptr<scalar_t>(),
+        offset_n.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(mask_n),
+        grad_offset_n.mutable_data_ptr<scalar_t>(),
+        grad_mask_n.defined() ? grad_mask_n.mutable_data_ptr<scalar_t>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+const DeformConv3dKernels kCudaKernels{&im2col, &col2im, &offset_mask_grad};
+
+at::Tensor deform_conv3d_cuda(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& mask,
+                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                              int64_t groups, int64_t offset_groups) {
+  TORCH_CHECK(input.is_cuda(), "deform_conv3d (CUDA kernel): input must be on a CUDA device");
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  return deform_conv3d_forward_impl(kCudaKernels, input, offset, weight, bias, mask, stride, padding, dilation,
+                                    groups, offset_groups);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv3d_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+    const std::optional<at::Tensor>& mask, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups, int64_t offset_groups) {
+  TORCH_CHECK(input.is_cuda(), "deform_conv3d_backward (CUDA kernel): input must be on a CUDA device");
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  return deform_conv3d_backward_impl(kCudaKernels, grad_output, input, offset, weight, mask, stride, padding,
+                                     dilation, groups, offset_groups);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dpface, CUDA, m) {
+  m.impl("deform_conv3d", &deform_conv3d_cuda);
+  m.impl("deform_conv3d_backward", &deform_conv3d_backward_cuda);
+}
+
+}  // namespace dpface

@@ -1,0 +1,255 @@
+"""The compiled op torch.ops.dpface.deform_conv3d: registration (opcheck, torch.compile), gradients
+(gradcheck) and agreement with nn.Conv3d, torchvision's deform_conv2d and the pure-PyTorch reference, on CPU
+and CUDA."""
+
+from __future__ import annotations
+
+import dpface_kernels
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from deform_cases import DEVICES, call, make_problem, shifted
+from dpface_kernels import reference
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytestmark = pytest.mark.skipif(
+    not dpface_kernels.has_compiled(),
+    reason=f"dpface_kernels compiled library not built ({dpface_kernels._LOAD_ERROR}); run `make kernels`",
+)
+
+
+def op(input, offset, weight, bias, mask, stride, padding, dilation, groups, offset_groups):
+    return torch.ops.dpface.deform_conv3d(
+        input, offset, weight, bias, mask, list(stride), list(padding), list(dilation), groups, offset_groups
+    )
+
+
+def op_args(p: dict) -> tuple:
+    return (
+        p["input"],
+        p["offset"],
+        p["weight"],
+        p["bias"],
+        p["mask"],
+        list(p["stride"]),
+        list(p["padding"]),
+        list(p["dilation"]),
+        p["groups"],
+        p["offset_groups"],
+    )
+
+
+def skip_without_cuda_kernels(device: str) -> None:
+    if device == "cuda" and not dpface_kernels.has_cuda():
+        pytest.skip("dpface_kernels was built without CUDA kernels")
+
+
+OPCHECK_CASES = {
+    "mask_bias": {},
+    "plain": {"with_mask": False, "with_bias": False},
+    "groups": {"groups": 2, "offset_groups": 2},
+    "strided": {"stride": (2, 1, 2), "dilation": (1, 2, 1), "padding": (1, 2, 0)},
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", OPCHECK_CASES)
+def test_opcheck(case, device):
+    skip_without_cuda_kernels(device)
+    p = make_problem(n=1, c=4, o=4, size=(3, 4, 4), device=device, **OPCHECK_CASES[case])
+    for name in ("input", "offset", "weight", "bias", "mask"):
+        if p[name] is not None:
+            p[name].requires_grad_()
+    torch.library.opcheck(torch.ops.dpface.deform_conv3d.default, op_args(p))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(device):
+    skip_without_cuda_kernels(device)
+    p = make_problem(dtype=torch.float32, device=device)
+
+    def layer(x, offset, weight, bias, mask):
+        y = dpface_kernels.deform_conv3d(x, offset, weight, bias, mask, padding=1)
+        return torch.relu(y).sum()
+
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    args = [p[k].clone().requires_grad_() for k in ("input", "offset", "weight", "bias", "mask")]
+    eager_args = [a.detach().clone().requires_grad_() for a in args]
+    out = compiled(*args)
+    expected = layer(*eager_args)
+    torch.testing.assert_close(out, expected)
+    out.backward()
+    expected.backward()
+    for got, want in zip(args, eager_args, strict=True):
+        torch.testing.assert_close(got.grad, want.grad)
+
+
+GRADCHECK_CASES = {
+    "mask": {},
+    "no_mask": {"with_mask": False},
+    "groups": {"groups": 2, "offset_groups": 2},
+    "offset_groups": {"offset_groups": 4},
+    "stride_dilation": {"stride": (2, 2, 1), "dilation": (2, 1, 2), "padding": (2, 1, 1), "size": (4, 4, 5)},
+    "kernel_2x1x3": {"kernel": (2, 1, 3), "padding": (0, 0, 1)},
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", GRADCHECK_CASES)
+def test_gradcheck(case, device):
+    skip_without_cuda_kernels(device)
+    full = case == "mask"  # full Jacobians for the base case (kept tiny); random projections for the variants
+    shape = (
+        {"n": 1, "c": 2, "o": 2, "size": (2, 2, 3)} if full else {"n": 2, "c": 4, "o": 4, "size": (2, 3, 3)}
+    )
+    p = make_problem(device=device, **{**shape, **GRADCHECK_CASES[case]})
+    names = [k for k in ("input", "offset", "weight", "bias", "mask") if p[k] is not None]
+    tensors = [p[k].requires_grad_() for k in names]
+
+    def fn(*ts):
+        return call(dpface_kernels.deform_conv3d, {**p, **dict(zip(names, ts, strict=True))})
+
+    assert torch.autograd.gradcheck(fn, tensors, eps=1e-6, atol=1e-5, fast_mode=not full)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_offsets_equal_conv3d(device):
+    skip_without_cuda_kernels(device)
+    p = make_problem(
+        stride=(1, 2, 1),
+        padding=(1, 0, 2),
+        dilation=(1, 1, 2),
+        groups=2,
+        size=(4, 6, 7),
+        device=device,
+        dtype=torch.float32,
+    )
+    p["offset"] = torch.zeros_like(p["offset"])
+    p["mask"] = torch.ones_like(p["mask"])
+    expected = F.conv3d(
+        p["input"], p["weight"], p["bias"], p["stride"], p["padding"], p["dilation"], p["groups"]
+    )
+    torch.testing.assert_close(call(op, p), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(call(op, p, mask=None), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_integer_offsets_equal_conv3d_of_shifted_input(device):
+    skip_without_cuda_kernels(device)
+    p = make_problem(with_mask=False, size=(4, 5, 6), device=device)
+    shift = (-1, 2, 1)
+    offset = torch.tensor(shift, dtype=p["offset"].dtype, device=device).view(1, 1, 3, 1, 1, 1)
+    p["offset"] = offset.expand(2, 27, 3, *p["offset"].shape[2:]).reshape(p["offset"].shape)
+    expected = F.conv3d(shifted(p["input"], shift, padding=1), p["weight"], p["bias"])
+    torch.testing.assert_close(call(op, p), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_equals_torchvision_deform_conv2d(with_mask, device):
+    skip_without_cuda_kernels(device)
+    gen = torch.Generator().manual_seed(2)
+    n, c, o, h, w, og = 2, 4, 6, 7, 6, 2
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(device)
+
+    x, weight, bias = rand(n, c, h, w), rand(o, c // 2, 3, 3), rand(o)
+    out_h, out_w = (h - 1) // 2 + 1, (w - 1) // 2 + 1  # stride 2, padding 1, 3x3 kernel
+    off2 = rand(n, og * 2 * 9, out_h, out_w, scale=2.0)  # offsets reaching outside the image
+    mask = torch.rand(n, og * 9, out_h, out_w, generator=gen, dtype=torch.float64).to(device)
+    mask = mask if with_mask else None
+    expected = torchvision.ops.deform_conv2d(
+        x, off2, weight, bias, stride=2, padding=1, dilation=1, mask=mask
+    )
+    off3 = torch.zeros(n, og, 9, 3, *off2.shape[2:], dtype=torch.float64, device=device)
+    off3[:, :, :, 1:] = off2.view(n, og, 9, 2, *off2.shape[2:])
+    got = dpface_kernels.deform_conv3d(
+        x[:, :, None],
+        off3.view(n, og * 27, 1, *off2.shape[2:]),
+        weight[:, :, None],
+        bias,
+        None if mask is None else mask[:, :, None],
+        stride=(1, 2, 2),
+        padding=(0, 1, 1),
+        groups=2,
+        offset_groups=og,
+    )
+    torch.testing.assert_close(got[:, :, 0], expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", GRADCHECK_CASES)
+def test_matches_reference_forward_and_backward(case, dtype, device):
+    skip_without_cuda_kernels(device)
+    # Offsets with std 3 voxels in a 4x5x6 volume: many samples fall partly or wholly outside.
+    kwargs = {"size": (4, 5, 6), **GRADCHECK_CASES[case]}
+    p = make_problem(n=2, c=4, o=4, dtype=dtype, device=device, offset_scale=3.0, seed=3, **kwargs)
+    names = [k for k in ("input", "offset", "weight", "bias", "mask") if p[k] is not None]
+    results = []
+    for fn in (dpface_kernels.deform_conv3d, reference.deform_conv3d):
+        ts = [p[k].detach().clone().requires_grad_() for k in names]
+        y = call(fn, {**p, **dict(zip(names, ts, strict=True))})
+        loss = (y * torch.linspace(-1, 1, y.numel(), dtype=dtype, device=device).view_as(y)).sum()
+        results.append((y, torch.autograd.grad(loss, ts)))
+    tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {}
+    torch.testing.assert_close(results[0][0], results[1][0], **tol)
+    for name, got, want in zip(names, results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(got, want, **tol, msg=lambda m, name=name: f"grad of {name}: {m}")
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(1, 2),
+    c_per_group=st.integers(1, 3),
+    groups=st.sampled_from([1, 2]),
+    kernel=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)),
+    stride=st.tuples(st.integers(1, 2), st.integers(1, 2), st.integers(1, 2)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2), st.integers(1, 2)),
+    with_mask=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_matches_reference_on_random_shapes(
+    n, c_per_group, groups, kernel, stride, dilation, with_mask, seed
+):
+    padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation, strict=True))
+    p = make_problem(
+        n=n,
+        c=c_per_group * groups,
+        o=2 * groups,
+        size=(3, 4, 5),
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        offset_groups=groups,
+        with_mask=with_mask,
+        offset_scale=2.0,
+        seed=seed,
+    )
+    torch.testing.assert_close(call(op, p), call(reference.deform_conv3d, p))
+
+
+def test_compiled_op_rejects_bad_arguments():
+    p = make_problem()
+    with pytest.raises(RuntimeError, match="offset must be"):
+        call(op, p, offset=p["offset"][:, :-3])
+    with pytest.raises(RuntimeError, match="mask must be"):
+        call(op, p, mask=p["mask"][:, :, :2])
+    with pytest.raises(RuntimeError, match="not divisible by groups"):
+        call(op, p, groups=3)
+    with pytest.raises(RuntimeError, match="share a dtype"):
+        call(op, p, offset=p["offset"].float())
+
+
+def test_non_contiguous_inputs():
+    p = make_problem(size=(3, 4, 5))
+    q = dict(p)
+    q["input"] = p["input"].transpose(3, 4).contiguous().transpose(3, 4)
+    q["offset"] = p["offset"].transpose(0, 1).contiguous().transpose(0, 1)
+    assert not q["input"].is_contiguous() and not q["offset"].is_contiguous()
+    torch.testing.assert_close(call(op, q), call(op, p))
