@@ -1,0 +1,351 @@
+"""``dpface predict``: depth and surface normals from one dual-pixel (DP) left/right pair.
+
+::
+
+    dpface predict --left L.jpg --right R.jpg --a -4619 --b 5.73 --out pred/
+    dpface predict --left L.jpg --right R.jpg --calib INFO_1_6_1.json --checkpoint run/last.ckpt --out pred/
+
+The two images are the DP half-images of one exposure (same size; disparity along the rows, the right view
+being the left view moved down by ``d`` px). Depth needs the pair's Disp2Depth constants ``d = a / Z + b``
+(Z in mm): ``--a/--b`` or ``--calib`` with a JSON holding either
+``{"a": .., "b": .., "K": [[..], [..], [..]]}`` (``K`` optional; ``"intrinsic": [fx, fy, skew, cx, cy]``
+also accepted) or a dataset ``INFO_*.json`` (its ``PARAMS.abvalue`` = [a, b] and ``PARAMS.intrinsic``).
+Without intrinsics the normal module assumes ``fx = fy = 2.7 H`` (the framing of the generated set)
+and the image centre as principal point.
+
+Sizes that are not multiples of 16 (the network's coarsest stride) are padded at the bottom and right by
+edge replication and the outputs cropped back; the command says so. Outputs in ``--out``:
+``disparity.npy`` (H, W) px, ``depth.npy`` (H, W) float32 mm (0 where the depth is undefined),
+``normal.npy`` (3, H, W) unit camera-frame normals, and PNG previews ``depth.png`` and ``normal.png``.
+Every file is written to a temporary name and renamed, so a failure leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from dpface_lib import REPO_ROOT
+
+__all__ = [
+    "DEFAULT_FOCAL_PER_HEIGHT",
+    "DEMO_CHECKPOINT",
+    "PredictError",
+    "cli",
+    "load_predictor",
+    "predict_pair",
+    "read_calibration",
+    "read_image",
+    "save_outputs",
+]
+
+#: The demo StereoDPNet kept with the kit (tiny profile trained on a generated set; see docs/stereodpnet.md).
+DEMO_CHECKPOINT = REPO_ROOT / "checkpoints" / "stereodpnet_demo.ckpt"
+#: Focal length in units of the image height assumed when no intrinsics are given.
+DEFAULT_FOCAL_PER_HEIGHT = 2.7
+MULTIPLE = 16
+
+
+class PredictError(ValueError):
+    """Bad input for ``dpface predict``; the message names the file or option and the problem."""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """(H, W, 3) float32 RGB in [0, 1] from an image file (grey and RGBA are converted to RGB)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictError(f"{path}: image file does not exist")
+    try:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise PredictError(f"{path}: not a readable image ({exc})") from exc
+    return rgb
+
+
+def _number(value: Any, key: str, path: Path) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise PredictError(f"{path}: '{key}' must be a number, got {value!r}") from exc
+    if not np.isfinite(number):
+        raise PredictError(f"{path}: '{key}' must be finite, got {value!r}")
+    return number
+
+
+def _intrinsics(values: np.ndarray, key: str, path: Path) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape == (3, 3):
+        K = values
+    elif values.ndim == 1 and values.size in (5, 9):
+        fx, fy, skew, cx, cy = values[:5]
+        K = np.array([[fx, skew, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+    else:
+        raise PredictError(
+            f"{path}: '{key}' must be a 3x3 matrix or [fx, fy, skew, cx, cy, ...], got shape {values.shape}"
+        )
+    if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise PredictError(f"{path}: '{key}' must be finite with positive focal lengths, got {K.tolist()}")
+    return K
+
+
+def read_calibration(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"a": float, "b": float, "K": (3, 3) array or None}`` from a calibration JSON (module doc)."""
+    from dpface_lib.data import DatasetError, parse_literal_array
+
+    path = Path(path)
+    if not path.is_file():
+        raise PredictError(f"{path}: calibration file does not exist")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PredictError(f"{path}: not a readable JSON file ({exc})") from exc
+    if not isinstance(record, dict):
+        raise PredictError(f"{path}: expected a JSON object")
+    K = None
+    try:
+        if isinstance(record.get("PARAMS"), dict):  # a dataset INFO_*.json
+            params = record["PARAMS"]
+            if params.get("abvalue") is None:
+                raise PredictError(f"{path}: PARAMS.abvalue ([a, b]) is missing")
+            a, b = parse_literal_array(params["abvalue"], name="abvalue", file=path, sizes=(2,))
+            if params.get("intrinsic") is not None:
+                K = _intrinsics(
+                    parse_literal_array(params["intrinsic"], name="intrinsic", file=path, sizes=(5, 9)),
+                    "PARAMS.intrinsic",
+                    path,
+                )
+            a, b = _number(a, "PARAMS.abvalue[0]", path), _number(b, "PARAMS.abvalue[1]", path)
+        else:
+            missing = [key for key in ("a", "b") if key not in record]
+            if missing:
+                raise PredictError(
+                    f"{path}: calibration needs keys 'a' and 'b' (d = a / Z + b); missing {missing}"
+                )
+            a, b = _number(record["a"], "a", path), _number(record["b"], "b", path)
+            for key in ("K", "intrinsic"):
+                if record.get(key) is not None:
+                    K = _intrinsics(np.asarray(record[key], dtype=np.float64), key, path)
+                    break
+    except DatasetError as exc:
+        raise PredictError(str(exc)) from exc
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, PredictError):
+            raise
+        raise PredictError(f"{path}: malformed calibration ({exc})") from exc
+    if a == 0:
+        raise PredictError(f"{path}: 'a' must be non-zero (d = a / Z + b)")
+    return {"a": a, "b": b, "K": K}
+
+
+def load_predictor(checkpoint: str | os.PathLike | None = None) -> torch.nn.Module:
+    """The network of a training checkpoint (``dpface train``), in eval mode on the CPU; by default the
+    demo checkpoint :data:`DEMO_CHECKPOINT`."""
+    from dpface_lib.train import load_model
+
+    path = Path(checkpoint) if checkpoint is not None else DEMO_CHECKPOINT
+    if not path.is_file():
+        hint = (
+            ""
+            if checkpoint is not None
+            else " (the demo checkpoint; pass --checkpoint or see docs/stereodpnet.md)"
+        )
+        raise PredictError(f"{path}: checkpoint does not exist{hint}")
+    try:
+        return load_model(path, map_location="cpu")
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise PredictError(f"{path}: cannot load the model ({exc})") from exc
+
+
+def _pad(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    h, w = image.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if pad_h == 0 and pad_w == 0:
+        return image
+    return F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+def predict_pair(
+    model: torch.nn.Module,
+    left: np.ndarray,
+    right: np.ndarray,
+    a: float,
+    b: float,
+    K: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Run ``model`` on one DP pair.
+
+    Args:
+        left, right: (H, W, 3) float images in [0, 1], same size (any size; padded to a multiple of 16).
+        a, b: Disp2Depth constants (``d = a / Z + b``, Z in mm, d in px).
+        K: (3, 3) intrinsics of the images, or None for ``fx = fy = 2.7 H`` and the image centre.
+
+    Returns:
+        ``disparity`` (H, W) px, ``depth`` (H, W) mm (0 where undefined), and ``normal`` (3, H, W) when the
+        model predicts normals; float32 numpy arrays.
+    """
+    if left.shape != right.shape:
+        raise PredictError(
+            f"left image is {left.shape[1]}x{left.shape[0]} (WxH) but right image is "
+            f"{right.shape[1]}x{right.shape[0]}: the DP views of one exposure have the same size"
+        )
+    h, w = left.shape[:2]
+    if K is None:
+        f = DEFAULT_FOCAL_PER_HEIGHT * h
+        K = np.array([[f, 0.0, (w - 1) / 2], [0.0, f, (h - 1) / 2], [0.0, 0.0, 1.0]])
+
+    def tensor(image: np.ndarray) -> torch.Tensor:
+        return _pad(
+            torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))[None], MULTIPLE
+        )
+
+    batch = {
+        "left": tensor(left),
+        "right": tensor(right),
+        "a": torch.tensor([float(a)]),
+        "b": torch.tensor([float(b)]),
+        "K": torch.as_tensor(K, dtype=torch.float32)[None],
+    }
+    model.eval()
+    with torch.no_grad():
+        out = model(batch)
+    result = {"disparity": out["disparity"][0, :h, :w], "depth": out["depth"][0, :h, :w]}
+    if "normal" in out:
+        result["normal"] = out["normal"][0, :, :h, :w]
+    return {k: v.float().cpu().numpy() for k, v in result.items()}
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+
+    _atomic(path, write)
+
+
+def _save_png(path: Path, rgb01: np.ndarray) -> None:
+    image = Image.fromarray(np.clip(np.round(rgb01 * 255), 0, 255).astype(np.uint8))
+    _atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def depth_preview(depth: np.ndarray) -> np.ndarray:
+    """(H, W, 3) colours of a depth map (mm): near = bright; invalid (<= 0) black; 2-98 % percentile range."""
+    from matplotlib import colormaps
+
+    valid = depth > 0
+    rgb = np.zeros((*depth.shape, 3))
+    if valid.any():
+        low, high = np.percentile(depth[valid], [2, 98])
+        scaled = np.clip((high - depth) / max(high - low, 1e-6), 0, 1)
+        rgb = np.where(valid[..., None], colormaps["turbo"](scaled)[..., :3], 0.0)
+    return rgb
+
+
+def save_outputs(out_dir: str | os.PathLike, result: dict[str, np.ndarray]) -> list[Path]:
+    """Write the arrays of :func:`predict_pair` (``.npy``) and PNG previews into ``out_dir``; return paths."""
+    from dpface_lib.geometry import normals_to_rgb
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for key, array in result.items():
+        path = out_dir / f"{key}.npy"
+        _save_npy(path, array.astype(np.float32))
+        written.append(path)
+    _save_png(out_dir / "depth.png", depth_preview(result["depth"]))
+    written.append(out_dir / "depth.png")
+    if "normal" in result:
+        _save_png(out_dir / "normal.png", normals_to_rgb(result["normal"]))
+        written.append(out_dir / "normal.png")
+    return written
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpface predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--left", required=True, help="left DP half-image (JPG/PNG)")
+    parser.add_argument("--right", required=True, help="right DP half-image, same size")
+    parser.add_argument("--a", type=float, help="Disp2Depth a of d = a / Z + b (px·mm)")
+    parser.add_argument("--b", type=float, help="Disp2Depth b (px)")
+    parser.add_argument("--calib", help="calibration JSON ({a, b[, K]} or a dataset INFO_*.json)")
+    parser.add_argument(
+        "--checkpoint", help=f"training checkpoint (default: {DEMO_CHECKPOINT.relative_to(REPO_ROOT)})"
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+    return parser
+
+
+def cli(argv: list[str]) -> int:
+    """``dpface predict``; returns 0 on success, 2 on bad input (with a message on stderr)."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.calib is not None and (args.a is not None or args.b is not None):
+            raise PredictError("give either --calib or --a/--b, not both")
+        if args.calib is not None:
+            calib = read_calibration(args.calib)
+        elif args.a is not None and args.b is not None:
+            if args.a == 0 or not (np.isfinite(args.a) and np.isfinite(args.b)):
+                raise PredictError(
+                    f"--a must be finite and non-zero and --b finite, got a={args.a}, b={args.b}"
+                )
+            calib = {"a": args.a, "b": args.b, "K": None}
+        else:
+            raise PredictError(
+                "missing calibration: depth needs the pair's d = a / Z + b constants; pass --a and "
+                "--b, or --calib JSON"
+            )
+        left, right = read_image(args.left), read_image(args.right)
+        if left.shape != right.shape:
+            raise PredictError(
+                f"{args.left} is {left.shape[1]}x{left.shape[0]} (WxH) but {args.right} is "
+                f"{right.shape[1]}x{right.shape[0]}: the two DP views must have the same size"
+            )
+        h, w = left.shape[:2]
+        if h < MULTIPLE * 2 or w < MULTIPLE * 2:
+            raise PredictError(
+                f"{args.left}: {w}x{h} (WxH) is too small; the network needs at least 32x32 px"
+            )
+        if h % MULTIPLE or w % MULTIPLE:
+            print(
+                f"note: {w}x{h} (WxH) is not a multiple of {MULTIPLE}; padding to "
+                f"{w + (-w % MULTIPLE)}x{h + (-h % MULTIPLE)} by edge replication, outputs cropped back"
+            )
+        if calib["K"] is None:
+            print(
+                f"note: no intrinsics given; assuming fx = fy = {DEFAULT_FOCAL_PER_HEIGHT} x height and the "
+                "image centre (affects the normals only)"
+            )
+        model = load_predictor(args.checkpoint)
+        result = predict_pair(model, left, right, calib["a"], calib["b"], calib["K"])
+        written = save_outputs(args.out, result)
+    except PredictError as exc:
+        print(f"dpface predict: {exc}", file=sys.stderr)
+        return 2
+    valid = result["depth"][result["depth"] > 0]
+    summary = f"depth {valid.min():.0f}-{valid.max():.0f} mm" if valid.size else "no valid depth"
+    print(
+        f"disparity {result['disparity'].min():.2f}..{result['disparity'].max():.2f} px, {summary}; wrote "
+        + ", ".join(p.name for p in written)
+        + f" to {args.out}"
+    )
+    return 0
