@@ -11,10 +11,18 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 RUN    ?= $(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-# CUDA: build the CUDA sources of the kernels whenever nvcc is found.
+# CUDA: build the CUDA sources of the kernels whenever nvcc is found. CUDA_HOME (if not given) is the
+# toolkit prefix nvcc itself reports (nvcc on PATH may be a wrapper script), else /usr/local/cuda.
 NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 ifneq ($(NVCC),)
-export CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+ifeq ($(origin CUDA_HOME), undefined)
+CUDA_HOME := $(shell $(NVCC) --dryrun -c -x cu /dev/null -o /dev/null 2>&1 \
+	| sed -n 's|^#\$$ TOP=\(.*\)/bin/\.\.$$|\1|p' | head -n 1)
+endif
+ifeq ($(CUDA_HOME),)
+CUDA_HOME := /usr/local/cuda
+endif
+export CUDA_HOME
 # Hopper only by default: keeps a CI build to a few minutes. Override, e.g. TORCH_CUDA_ARCH_LIST="8.0;9.0".
 export TORCH_CUDA_ARCH_LIST ?= 9.0
 export DPFACE_WITH_CUDA ?= 1
@@ -27,7 +35,7 @@ DEPS_STAMP    := $(VENV)/.dpface-deps
 KERNELS_STAMP := $(VENV)/.dpface-kernels
 KERNEL_SOURCES := $(wildcard kernels/csrc/*.cpp kernels/csrc/*.cu kernels/csrc/*.h) kernels/setup.py kernels/pyproject.toml
 
-.PHONY: help setup deps kernels pipeline test test-fast lab lint bench clean
+.PHONY: help setup deps kernels pipeline test test-fast lab lint bench clean print-cuda
 
 help:
 	@echo "make pipeline   set up if needed, build kernels, run the notebook pipeline on data_samples/ (runs/RUN)"
@@ -76,3 +84,6 @@ bench: setup
 clean:
 	rm -rf kernels/build kernels/*.egg-info $(KERNELS_STAMP)
 	find kernels -name '*.so' -delete
+
+print-cuda:
+	@echo "nvcc=$(NVCC) CUDA_HOME=$(CUDA_HOME) TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST) DPFACE_WITH_CUDA=$(DPFACE_WITH_CUDA)"
