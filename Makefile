@@ -67,7 +67,7 @@ pipeline: setup
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
-		--nbval-sanitize-with tests/notebooks/sanitize.cfg $(PYTEST_ARGS) tests notebooks
+		--nbval-sanitize-with $(CURDIR)/tests/notebooks/sanitize.cfg $(PYTEST_ARGS) tests notebooks
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests

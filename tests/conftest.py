@@ -10,6 +10,7 @@ files. Any test module can import it (``from conftest import write_tiny_dataset`
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,15 @@ def write_tiny_dataset(
 def tiny_dataset(tmp_path: Path) -> Path:
     """Root of a freshly written tiny dataset (2 groups x 2 cameras x 2 views x 2 lights, 24 x 32 px)."""
     return write_tiny_dataset(tmp_path / "tiny")
+
+
+@pytest.fixture(autouse=True)
+def _working_directory_is_left_alone():
+    """A test that changes the working directory must undo it (use ``monkeypatch.chdir``): later tests
+    and the notebook runner resolve relative paths from it."""
+    before = Path.cwd()
+    yield
+    after = Path.cwd()
+    if after != before:
+        os.chdir(before)
+        pytest.fail(f"test changed the working directory to {after} and did not restore it")

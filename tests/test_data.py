@@ -7,7 +7,6 @@ checks that :class:`DatasetError` names the file and the problem.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -247,8 +246,8 @@ def test_parse_literal_array(text, expected) -> None:
         "array(open('x'))",
     ],
 )
-def test_parse_literal_array_rejects_code_and_junk(text, tmp_path: Path) -> None:
-    os.chdir(tmp_path)
+def test_parse_literal_array_rejects_code_and_junk(text, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(DatasetError, match=r"f\.json: PARAMS\.x"):
         data.parse_literal_array(text, name="x", file="f.json")
     assert not (tmp_path / "PWNED").exists()
