@@ -309,6 +309,11 @@ class StackedHourglass(nn.Module):
         )
 
     def forward(self, volume: torch.Tensor) -> list[torch.Tensor]:
+        return self.forward_with_features(volume)[0]
+
+    def forward_with_features(self, volume: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Like ``forward``, also returning the last hourglass's feature volume out3 (B, C, L, h, w),
+        which StereoDPNet's normal module samples."""
         cost0 = self.dres0(volume)
         cost0 = self.dres1(cost0) + cost0
         hg1, hg2, hg3 = self.hourglasses
@@ -321,7 +326,7 @@ class StackedHourglass(nn.Module):
         cost1 = self.heads[0](out1)
         cost2 = self.heads[1](out2) + cost1
         cost3 = self.heads[2](out3) + cost2
-        return [cost3, cost2, cost1]
+        return [cost3, cost2, cost1], out3
 
 
 # ----------------------------------------------------------------------------------------------

@@ -114,29 +114,6 @@ class DPFeatures(nn.Module):
         return self.lastconv(torch.cat([pyramid[0], *coarse], dim=1))
 
 
-class _Aggregation(StackedHourglass):
-    """:class:`~dpface_lib.models.blocks.StackedHourglass` that also returns the last hourglass's feature
-    volume (the ANM's input).
-
-    forward(volume) -> ([cost3, cost2, cost1] each (B, 1, L, h, w), out3 (B, C, L, h, w)).
-    """
-
-    def forward(self, volume: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:  # type: ignore[override]
-        cost0 = self.dres0(volume)
-        cost0 = self.dres1(cost0) + cost0
-        hg1, hg2, hg3 = self.hourglasses
-        out1, pre1, post1 = hg1(cost0)
-        out1 = out1 + cost0
-        out2, _, post2 = hg2(out1, pre1, post1)
-        out2 = out2 + cost0
-        out3, _, _ = hg3(out2, pre1, post2)
-        out3 = out3 + cost0
-        cost1 = self.heads[0](out1)
-        cost2 = self.heads[1](out2) + cost1
-        cost3 = self.heads[2](out3) + cost2
-        return [cost3, cost2, cost1], out3
-
-
 class StereoDPNet(nn.Module):
     """StereoDPNet: DP disparity with the ASM cost volume and surface normals with the ANM.
 
@@ -201,7 +178,7 @@ class StereoDPNet(nn.Module):
         )
         self.features = DPFeatures(channels, block_stack)
         self.asm = AdaptiveSamplingVolume(channels, level_disparities.tolist(), asm_modes, use_attention)
-        self.aggregation = _Aggregation(2 * channels, channels)
+        self.aggregation = StackedHourglass(2 * channels, channels)
         self.anm = (
             AdaptiveNormalModule(
                 channels,
@@ -226,7 +203,7 @@ class StereoDPNet(nn.Module):
             raise ValueError(f"StereoDPNet: left {tuple(left.shape)} and right {tuple(right.shape)} differ")
         size = tuple(left.shape[-2:])
         asm = self.asm(self.features(imagenet_normalize(left)), self.features(imagenet_normalize(right)))
-        costs, last_volume = self.aggregation(asm["volume"])
+        costs, last_volume = self.aggregation.forward_with_features(asm["volume"])
         probabilities = []
         for cost in costs:
             up = F.interpolate(cost, size=(self.bins.numel(), *size), mode="trilinear", align_corners=True)
