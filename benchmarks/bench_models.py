@@ -5,6 +5,10 @@ Usage::
     python benchmarks/bench_models.py                       # CPU, all models, 192x256 and 576x384
     python benchmarks/bench_models.py --models psmnet,bts --sizes 192x256 --repeats 5
     python benchmarks/bench_models.py --device cuda --batch 2
+    python benchmarks/bench_models.py --models stereodpnet,stereodpnet-noanm --sizes 192x256
+
+Besides the registered models, ``VARIANTS`` names ablations measured in the same table
+(``stereodpnet-noanm``: StereoDPNet without the adaptive normal module).
 
 Sizes are H x W. 576x384 is the benchmark's training crop (0.75 of a 768x576 image, multiples of 96).
 "forward" runs in eval mode under ``torch.no_grad()``; "fwd+bwd" runs in train mode and back-propagates
@@ -28,6 +32,9 @@ import torch
 from dpface_lib.losses import model_loss
 from dpface_lib.models import build_model, list_models
 from dpface_lib.models.blocks import count_parameters
+
+#: Extra rows: name -> (registered model, constructor overrides).
+VARIANTS = {"stereodpnet-noanm": ("stereodpnet", {"use_anm": False})}
 
 
 def synthetic_batch(batch: int, h: int, w: int, device: torch.device) -> dict:
@@ -127,7 +134,8 @@ def measure(model, batch, device, repeats: int, backward: bool, warmup: int = 1)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default=",".join(list_models()), help="comma-separated model names")
+    parser.add_argument("--models", default=",".join([*list_models(), *VARIANTS]),
+                        help=f"comma-separated model names (registered or {', '.join(VARIANTS)})")
     parser.add_argument("--sizes", default="192x256,576x384", help="comma-separated HxW input sizes")
     parser.add_argument("--profile", default="full", help="config profile (full = paper widths)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -145,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         f"repeats={args.repeats} torch={torch.__version__}"
     )
     columns = ["fwd s", "fwd MiB", "f+b s", "f+b MiB", "f+b/fwd"]
-    print(f"{'model':<12}{'params':>9}{'H x W':>10}" + "".join(f"{c:>9}" for c in columns))
+    print(f"{'model':<18}{'params':>9}{'H x W':>10}" + "".join(f"{c:>9}" for c in columns))
     torch.manual_seed(0)
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        model = build_model(name, profile=args.profile).to(device)
+        base, overrides = VARIANTS.get(name, (name, {}))
+        model = build_model(base, profile=args.profile, **overrides).to(device)
         params = count_parameters(model) / 1e6
         for h, w in sizes:
             batch = synthetic_batch(args.batch, h, w, device)
@@ -156,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
                 fwd, fwd_mem = measure(model, batch, device, args.repeats, False, args.warmup)
                 fb, fb_mem = measure(model, batch, device, args.repeats, True, args.warmup)
             except (RuntimeError, ValueError) as exc:  # e.g. size not supported, out of memory
-                print(f"{name:<12}{params:>8.2f}M{f'{h}x{w}':>10}  failed: {str(exc).splitlines()[0][:80]}")
+                print(f"{name:<18}{params:>8.2f}M{f'{h}x{w}':>10}  failed: {str(exc).splitlines()[0][:80]}")
                 continue
             print(
-                f"{name:<12}{params:>8.2f}M{f'{h}x{w}':>10}{fwd:>9.3f}{fwd_mem:>9.0f}{fb:>9.3f}{fb_mem:>9.0f}"
+                f"{name:<18}{params:>8.2f}M{f'{h}x{w}':>10}{fwd:>9.3f}{fwd_mem:>9.0f}{fb:>9.3f}{fb_mem:>9.0f}"
                 f"{fb / fwd:>9.2f}"
             )
         del model

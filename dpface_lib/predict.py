@@ -35,13 +35,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from dpface_lib import REPO_ROOT
-
 __all__ = [
     "DEFAULT_FOCAL_PER_HEIGHT",
     "DEMO_CHECKPOINT",
+    "DEMO_RECORD",
     "PredictError",
     "cli",
+    "export_demo",
     "load_predictor",
     "predict_pair",
     "read_calibration",
@@ -49,8 +49,12 @@ __all__ = [
     "save_outputs",
 ]
 
-#: The demo StereoDPNet kept with the kit (tiny profile trained on a generated set; see docs/stereodpnet.md).
-DEMO_CHECKPOINT = REPO_ROOT / "checkpoints" / "stereodpnet_demo.ckpt"
+#: The demo StereoDPNet shipped inside the package (tiny profile trained on a generated set; its test-split
+#: metrics and the command that reproduces it are in ``stereodpnet_demo.json`` next to it and in
+#: docs/stereodpnet.md).
+DEMO_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "stereodpnet_demo.ckpt"
+#: Its record: training command, test-split fingerprint and metrics (written by :func:`export_demo`).
+DEMO_RECORD = DEMO_CHECKPOINT.with_suffix(".json")
 #: Focal length in units of the image height assumed when no intrinsics are given.
 DEFAULT_FOCAL_PER_HEIGHT = 2.7
 MULTIPLE = 16
@@ -167,6 +171,67 @@ def load_predictor(checkpoint: str | os.PathLike | None = None) -> torch.nn.Modu
         raise PredictError(f"{path}: cannot load the model ({exc})") from exc
 
 
+def split_fingerprint(root: str | os.PathLike, split: str = "test") -> str:
+    """SHA-256 over the split file and every file of the groups it lists (relative names and bytes): the
+    identity of the data a recorded metric was measured on, independent of the image decoder."""
+    import hashlib
+
+    root = Path(root)
+    split_file = root / f"{split}.txt"
+    if not split_file.is_file():
+        raise PredictError(f"{split_file}: split file does not exist")
+    digest = hashlib.sha256(split_file.read_bytes())
+    for group in sorted(set(split_file.read_text(encoding="utf-8").split())):
+        for path in sorted(p for p in (root / group).rglob("*") if p.is_file()):
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def export_demo(
+    training_checkpoint: str | os.PathLike,
+    data_root: str | os.PathLike | None = None,
+    out: str | os.PathLike = DEMO_CHECKPOINT,
+    command: str = "",
+) -> dict[str, Any]:
+    """Keep the network of a ``dpface train`` checkpoint as a demo model and record its test-split metrics.
+
+    Writes ``out`` (the ``dpface`` meta and ``state_dict`` only, no optimiser state) and ``out`` with the
+    suffix ``.json``: ``metrics`` (means of :func:`dpface_lib.evaluate.evaluate_model` over the ``test``
+    split of ``data_root``, batch size 4), the split's :func:`split_fingerprint`, the checkpoint's training
+    profile and step, and ``command`` (how the training checkpoint was made). Both atomically. Returns the
+    record.
+    """
+    from dpface_lib.data import FaceDPDataset
+    from dpface_lib.evaluate import aggregate, evaluate_model, metric_columns
+    from dpface_lib.notebook import resolve_data_root
+    from dpface_lib.train import load_checkpoint, load_model
+
+    out, root = Path(out), resolve_data_root(None if data_root is None else str(data_root))
+    checkpoint = load_checkpoint(training_checkpoint)
+    if "dpface" not in checkpoint or "state_dict" not in checkpoint:
+        raise PredictError(f"{training_checkpoint}: not a DP-Face training checkpoint")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    kept = {key: checkpoint[key] for key in ("dpface", "state_dict", "global_step") if key in checkpoint}
+    _atomic(out, lambda tmp: torch.save(kept, tmp))
+    frame = evaluate_model(load_model(out), FaceDPDataset(root, "test"), name="demo", batch_size=4)
+    means = aggregate(frame).iloc[0]
+    meta = checkpoint["dpface"]
+    record = {
+        "checkpoint": out.name,
+        "model": meta["model"],
+        "profile": meta.get("profile"),
+        "global_step": checkpoint.get("global_step"),
+        "command": command,
+        "evaluation": {"split": "test", "samples": len(frame), "batch_size": 4,
+                       "data_root": root.name, "fingerprint": split_fingerprint(root, "test")},
+        "metrics": {key: float(means[key]) for key in metric_columns(frame)},
+    }
+    text = json.dumps(record, indent=2) + "\n"
+    _atomic(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return record
+
+
 def _pad(image: torch.Tensor, multiple: int) -> torch.Tensor:
     h, w = image.shape[-2:]
     pad_h, pad_w = -h % multiple, -w % multiple
@@ -230,6 +295,7 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -289,7 +355,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--b", type=float, help="Disp2Depth b (px)")
     parser.add_argument("--calib", help="calibration JSON ({a, b[, K]} or a dataset INFO_*.json)")
     parser.add_argument(
-        "--checkpoint", help=f"training checkpoint (default: {DEMO_CHECKPOINT.relative_to(REPO_ROOT)})"
+        "--checkpoint",
+        help="training checkpoint (default: the demo model dpface_lib/assets/stereodpnet_demo.ckpt)",
     )
     parser.add_argument("--out", required=True, help="output folder")
     return parser
