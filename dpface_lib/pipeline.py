@@ -217,7 +217,7 @@ def run_pipeline(
         if missing:
             raise PipelineError(f"unknown step(s) {missing}; steps: {sorted({r.step for r in runs})}")
         runs = [r for r in runs if r.step in only]
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # notebooks run with the repository as working directory
     summary_path = out / "summary.csv"
     previous = _read_summary(summary_path)
     if out.exists() and any(out.iterdir()) and not resume:
