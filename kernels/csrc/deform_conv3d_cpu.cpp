@@ -97,6 +97,18 @@ inline void corner_weights(const SampleTable<scalar_t>& table, int64_t i, scalar
   weight[7] = at * ah * aw;
 }
 
+// Corner weights of the first `count` samples of the table, [i][8], with the modulation folded in
+// (zero for samples outside the volume).
+template <typename scalar_t>
+inline void modulated_corner_weights(const SampleTable<scalar_t>& table, int64_t count, scalar_t* weights) {
+  for (int64_t i = 0; i < count; ++i) {
+    scalar_t* wi = weights + 8 * i;
+    corner_weights(table, i, wi);
+    const scalar_t m = table.inside[i] ? table.modulation[i] : scalar_t(0);
+    for (int j = 0; j < 8; ++j) wi[j] *= m;
+  }
+}
+
 template <typename scalar_t>
 void im2col_cpu(const DeformConv3dShape& s, const scalar_t* padded_input, const scalar_t* offset,
                 const scalar_t* mask, scalar_t* columns) {
@@ -110,12 +122,7 @@ void im2col_cpu(const DeformConv3dShape& s, const scalar_t* padded_input, const 
       const int64_t g = task / (s.K * blocks), k = (task / blocks) % s.K, b = task % blocks;
       const int64_t l0 = b * kBlock, count = std::min(kBlock, s.L - l0);
       fill_sample_table(s, pg, offset, mask, g, k, l0, count, table);
-      for (int64_t i = 0; i < count; ++i) {
-        scalar_t* wi = weights.data() + 8 * i;
-        corner_weights(table, i, wi);
-        const scalar_t m = table.inside[i] ? table.modulation[i] : scalar_t(0);
-        for (int j = 0; j < 8; ++j) wi[j] *= m;
-      }
+      modulated_corner_weights(table, count, weights.data());
       const int64_t s1 = pg.corner_step[1], s2 = pg.corner_step[2], s3 = pg.corner_step[3],
                     s4 = pg.corner_step[4], s5 = pg.corner_step[5], s6 = pg.corner_step[6],
                     s7 = pg.corner_step[7];
@@ -150,12 +157,7 @@ void col2im_cpu(const DeformConv3dShape& s, const scalar_t* grad_columns, const 
         for (int64_t b = 0; b < blocks; ++b) {
           const int64_t l0 = b * kBlock, count = std::min(kBlock, s.L - l0);
           fill_sample_table(s, pg, offset, mask, g, k, l0, count, table);
-          for (int64_t i = 0; i < count; ++i) {
-            scalar_t* wi = weights.data() + 8 * i;
-            corner_weights(table, i, wi);
-            const scalar_t m = table.inside[i] ? table.modulation[i] : scalar_t(0);
-            for (int j = 0; j < 8; ++j) wi[j] *= m;
-          }
+          modulated_corner_weights(table, count, weights.data());
           for (int64_t c = c_first; c < c_last; ++c) {
             scalar_t* gx = padded_grad_input + c * pg.volume;
             const scalar_t* gcol = grad_columns + (c * s.K + k) * s.L + l0;
