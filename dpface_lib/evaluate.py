@@ -24,10 +24,8 @@ that format. :func:`load_runs` + :func:`leaderboard` stack the tables of several
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dpface_lib.fileio import atomic_write
 from dpface_lib.metrics import (
     AFFINE_KEYS,
     DEPTH_KEYS,
@@ -255,7 +254,7 @@ def _save_outputs(save_dir: str | Path, output: dict[str, torch.Tensor], sample_
         arrays = {k: output[k][i].detach().float().cpu().numpy() for k in ("disparity", "depth", "normal")
                   if k in output}
         path = Path(save_dir) / f"{sample_id}.npz"
-        _atomic_write(path, lambda tmp, arrays=arrays: np.savez_compressed(tmp, **arrays), suffix=".npz")
+        atomic_write(path, lambda tmp, arrays=arrays: np.savez_compressed(tmp, **arrays), suffix=".npz")
 
 
 def _maybe_tqdm(iterable, enabled: bool, desc: str):
@@ -267,19 +266,6 @@ def _maybe_tqdm(iterable, enabled: bool, desc: str):
 
 
 # ------------------------------------------------------------------------------------------- tables
-def _atomic_write(path: Path, writer: Callable[[str], Any], suffix: str = "") -> None:
-    """Write through ``writer(tmp_path)`` to a temporary name in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def metric_columns(frame: pd.DataFrame) -> list[str]:
     """The metric columns present in ``frame``, in :data:`METRIC_KEYS` order."""
     return [key for key in METRIC_KEYS if key in frame.columns]
@@ -300,7 +286,7 @@ def write_tables(frame: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
     for stem, table in (("per_sample", frame), ("aggregate", aggregate(frame))):
         for ext, method in (("csv", "to_csv"), ("parquet", "to_parquet")):
             path = out_dir / f"{stem}.{ext}"
-            _atomic_write(path, lambda tmp, t=table, m=method: getattr(t, m)(tmp, index=False))
+            atomic_write(path, lambda tmp, t=table, m=method: getattr(t, m)(tmp, index=False))
             paths[f"{stem}_{ext}"] = path
     return paths
 

@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 
 from dpface_lib import REPO_ROOT
+from dpface_lib.fileio import atomic_write
 
 SUMMARY_FIELDS = ["step", "notebook", "parameters", "status", "seconds", "output"]
 DEFAULT_KERNEL = "dpface"
@@ -183,12 +184,13 @@ def _read_summary(path: Path) -> list[dict[str, str]]:
 
 
 def _write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
 
 
 def run_pipeline(

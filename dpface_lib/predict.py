@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+
+from dpface_lib.fileio import atomic_write
 
 __all__ = [
     "DEFAULT_FOCAL_PER_HEIGHT",
@@ -213,7 +214,7 @@ def export_demo(
         raise PredictError(f"{training_checkpoint}: not a DP-Face training checkpoint")
     out.parent.mkdir(parents=True, exist_ok=True)
     kept = {key: checkpoint[key] for key in ("dpface", "state_dict", "global_step") if key in checkpoint}
-    _atomic(out, lambda tmp: torch.save(kept, tmp))
+    atomic_write(out, lambda tmp: torch.save(kept, tmp))
     frame = evaluate_model(load_model(out), FaceDPDataset(root, "test"), name="demo", batch_size=4)
     means = aggregate(frame).iloc[0]
     meta = checkpoint["dpface"]
@@ -228,7 +229,7 @@ def export_demo(
         "metrics": {key: float(means[key]) for key in metric_columns(frame)},
     }
     text = json.dumps(record, indent=2) + "\n"
-    _atomic(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return record
 
 
@@ -290,29 +291,17 @@ def predict_pair(
     return {k: v.float().cpu().numpy() for k, v in result.items()}
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_npy(path: Path, array: np.ndarray) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as handle:
             np.save(handle, array, allow_pickle=False)
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def _save_png(path: Path, rgb01: np.ndarray) -> None:
     image = Image.fromarray(np.clip(np.round(rgb01 * 255), 0, 255).astype(np.uint8))
-    _atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def depth_preview(depth: np.ndarray) -> np.ndarray:

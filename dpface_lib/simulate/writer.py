@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from dpface_lib.fileio import atomic_save_npy, atomic_write_bytes
 from dpface_lib.geometry import BENCHMARK_OPTICS
 from dpface_lib.simulate import optics as dp
 from dpface_lib.simulate.face import DIRECTIONS, EXPRESSIONS, load_face_model, sample_person
@@ -85,36 +84,6 @@ class SimConfig:
 
 def group_name(person: int) -> str:
     return f"sim_group{person:03d}"
-
-
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, _file_mode())  # mkstemp creates 0600; use the usual umask-based mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` (no pickles) through a temporary file in the same folder."""
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def person_plan(

@@ -1,0 +1,56 @@
+"""Atomic file writes: a reader sees the old file or the complete new one, never a partial file.
+
+Every writer in the kit (simulator samples, evaluation tables, predictions, the pipeline summary)
+goes through :func:`atomic_write`: the content is written to a temporary name in the destination's
+folder and moved into place with ``os.replace`` (atomic on POSIX within one file system). On any
+error, including KeyboardInterrupt, the temporary file is removed and the destination is untouched.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], *, suffix: str = "") -> None:
+    """Create ``path`` by calling ``write(tmp)`` on a temporary path in the same folder, then renaming.
+
+    ``suffix`` is appended to the temporary name for writers that insist on an extension (e.g.
+    ``np.savez_compressed`` adds ``.npz`` unless the name ends with it). Parent folders are created.
+    The file gets the usual umask-based mode (``mkstemp`` would leave it 0600).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, _file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """``np.save`` (never pickles) to ``path`` atomically."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
