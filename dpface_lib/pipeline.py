@@ -135,8 +135,9 @@ def _declared_parameters(notebook: Path) -> dict[str, Any]:
     return papermill.inspect_notebook(str(notebook))
 
 
-def _resolve_parameters(run: Run, out_dir: Path) -> dict[str, Any]:
-    """Shared parameters the notebook declares + the step's own (validated) + ``out_dir``."""
+def _resolve_parameters(run: Run, out_dir: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Shared parameters the notebook declares + the step's own (validated) + ``out_dir``, then the
+    ``overrides`` the notebook declares (taken as given)."""
     declared = _declared_parameters(run.notebook)
     own = run.parameters
     unknown = sorted(set(own) - set(declared))
@@ -149,6 +150,7 @@ def _resolve_parameters(run: Run, out_dir: Path) -> dict[str, Any]:
     params = {key: _substitute_run_dir(value, out_dir) for key, value in {**shared, **own}.items()}
     if "out_dir" in declared and "out_dir" not in own:
         params["out_dir"] = str(out_dir / run.name)
+    params.update({k: v for k, v in (overrides or {}).items() if k in declared})
     return params
 
 
@@ -238,8 +240,7 @@ def run_pipeline(
         if (run.step, str(output)) in done:
             continue
         bar.set_postfix_str(run.name)
-        params = _resolve_parameters(run, out)
-        params.update({k: v for k, v in (overrides or {}).items() if k in _declared_parameters(run.notebook)})
+        params = _resolve_parameters(run, out, overrides)
         row = {"step": run.step, "notebook": str(run.notebook.relative_to(REPO_ROOT))
                if run.notebook.is_relative_to(REPO_ROOT) else str(run.notebook),
                "parameters": json.dumps(params, sort_keys=True), "status": "running", "seconds": "",

@@ -122,6 +122,14 @@ steps:
     assert (out / "second" / "seen.txt").read_text() == str(out)
 
 
+def test_overrides_win_and_reach_only_notebooks_that_declare_them(project: Path) -> None:
+    spec = _write_yaml(project / "p.yaml", "steps:\n  - {name: a, notebook: ok.ipynb, parameters: {x: 3}}\n")
+    out = project / "out"
+    rows = run_pipeline(spec, out, overrides={"x": 9, "undeclared": 1}, cell_progress=False)
+    assert (out / "a" / "x.txt").read_text() == "9"
+    assert json.loads(rows[0]["parameters"]) == {"x": 9, "out_dir": str(out.resolve() / "a")}
+
+
 def test_unknown_parameter_is_rejected_before_running(project: Path) -> None:
     spec = _write_yaml(project / "p.yaml",
                        "steps:\n  - {name: a, notebook: ok.ipynb, parameters: {nope: 1}}\n")
@@ -160,9 +168,9 @@ def test_existing_run_is_never_overwritten_and_resume_skips_finished(project: Pa
     executed: list[str] = []
     real = pipeline._resolve_parameters
 
-    def spy(run, out_dir):
+    def spy(run, out_dir, overrides=None):
         executed.append(run.name)
-        return real(run, out_dir)
+        return real(run, out_dir, overrides)
 
     monkeypatch.setattr(pipeline, "_resolve_parameters", spy)
     rows = run_pipeline(spec, out, resume=True, cell_progress=False)
