@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +57,17 @@ class EvaluationError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ per batch
-def batch_metrics(output: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, Any]:
+def batch_metrics(output: Mapping[str, torch.Tensor], batch: Mapping[str, Any], *,
+                  allow_empty: bool = False) -> dict[str, Any]:
     """Every metric for a batch: ``output`` as a model returns it, ``batch`` the (collated) dataset dict.
 
     Args:
         output: ``disparity`` (B, H, W) px and/or ``depth`` (B, H, W) mm, optional ``normal`` (B, 3, H, W).
         batch: needs ``disparity``, ``depth``, ``mask`` (B, H, W), ``a``, ``b`` (B,), and ``normal``
             (B, 3, H, W) when normals are predicted; ``lrsum`` (B, 3, H, W) for the texture descriptor.
+
+        allow_empty: give NaN metrics for samples without valid pixels instead of raising (training
+            validation on random crops).
 
     Returns: dict of (B,) float64 tensors for :data:`METRIC_KEYS` and :data:`DESCRIPTOR_KEYS`, plus
     ``affine_space`` (a list of B strings).
@@ -89,19 +93,21 @@ def batch_metrics(output: dict[str, torch.Tensor], batch: dict[str, Any]) -> dic
     invalid = mask & ~(torch.isfinite(pred_depth) & (pred_depth > 0))
     if "disparity" in output:
         space = "disparity"
-        affine = affine_invariant_metrics(output["disparity"].detach(), batch["disparity"], mask)
+        affine = affine_invariant_metrics(output["disparity"].detach(), batch["disparity"], mask,
+                                          allow_empty=allow_empty)
     else:
         space = "inverse_depth"
         clipped = torch.nan_to_num(pred_depth, nan=high, posinf=high, neginf=low).clamp(low, high)
         z_far = torch.where(mask, gt_depth, 0.0).flatten(1).amax(1).reshape(-1, 1, 1)
         gt_inverse = torch.where(mask, z_far / gt_depth.clamp_min(low), 0.0)
-        affine = affine_invariant_metrics(1.0 / clipped, gt_inverse, mask)
+        affine = affine_invariant_metrics(1.0 / clipped, gt_inverse, mask, allow_empty=allow_empty)
     values = dict(affine)
-    values |= depth_metrics(pred_depth, gt_depth, mask, depth_range_mm=DEPTH_RANGE_MM)
+    values |= depth_metrics(pred_depth, gt_depth, mask, depth_range_mm=DEPTH_RANGE_MM,
+                            allow_empty=allow_empty)
     n_valid = mask.flatten(1).sum(1).to(torch.float64)
     values["invalid_depth"] = invalid.flatten(1).sum(1) / n_valid.clamp_min(1)
     if "normal" in output:
-        values |= normal_metrics(output["normal"].detach(), batch["normal"], mask)
+        values |= normal_metrics(output["normal"].detach(), batch["normal"], mask, allow_empty=allow_empty)
     else:
         values |= {key: torch.full_like(n_valid, float("nan")) for key in NORMAL_KEYS}
     values |= _descriptors(batch, mask, gt_depth, n_valid)

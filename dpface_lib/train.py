@@ -49,6 +49,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from dpface_lib.evaluate import batch_metrics
 from dpface_lib.losses import model_loss
 from dpface_lib.models import CONFIG_DIR, build_model, load_config, model_args
 
@@ -378,29 +379,6 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 VAL_METRICS = ("ai1", "ai2", "spearman", "absrel", "rmse", "delta1", "mean_deg")
 
 
-def batch_metrics(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Per-sample metrics (B,) of a model output dict against its batch, via :mod:`dpface_lib.metrics`.
-
-    Affine-invariant errors compare the predicted and ground-truth disparity (px) inside the mask (BTS's
-    disparity is its depth mapped through the sample's a, b: an affine map of inverse depth, so the scores are
-    comparable); depth errors compare depth in mm; normal errors (degrees) only where normals are predicted.
-    Samples with an empty mask give NaN.
-    """
-    from dpface_lib.metrics import affine_invariant_metrics, depth_metrics, normal_metrics
-
-    mask = batch["mask"].bool()
-    out: dict[str, torch.Tensor] = {}
-    pred = outputs["disparity"].detach().float()
-    out.update(affine_invariant_metrics(pred, batch["disparity"].float(), mask.float(), allow_empty=True))
-    if "depth" in outputs:
-        pred_depth = outputs["depth"].detach().float()
-        out.update(depth_metrics(pred_depth, batch["depth"].float(), mask, allow_empty=True))
-    if "normal" in outputs:
-        out.update(normal_metrics(outputs["normal"].detach().float(), batch["normal"].float(), mask,
-                                  allow_empty=True))
-    return {k: torch.as_tensor(v, dtype=torch.float64).reshape(-1) for k, v in out.items()}
-
-
 class DPFaceModule(pl.LightningModule):
     """Trains registered model ``name`` (:func:`dpface_lib.models.build_model`) with its own loss.
 
@@ -452,9 +430,11 @@ class DPFaceModule(pl.LightningModule):
         outputs = self.model(batch)
         size = batch["left"].shape[0]
         self.log(f"{stage}/loss", self._loss(outputs, batch)["loss"], batch_size=size, sync_dist=True)
-        for key, values in batch_metrics(outputs, batch).items():
+        metrics = batch_metrics(outputs, batch, allow_empty=True)
+        for key in VAL_METRICS:
+            values = metrics[key]
             finite = torch.isfinite(values)
-            if key in VAL_METRICS and finite.any():
+            if finite.any():
                 self.log(f"{stage}/{key}", values[finite].mean().float(), batch_size=int(finite.sum()),
                          prog_bar=key == "ai1", sync_dist=True)
 

@@ -56,6 +56,18 @@ def _batch(dataset, n=2):
     return torch.utils.data.default_collate([dataset[i] for i in range(n)])
 
 
+def test_batch_metrics_empty_sample_raises_or_gives_nan(tiny_root):
+    dataset = FaceDPDataset(tiny_root, "test")
+    batch = _batch(dataset)
+    batch["mask"][1] = False  # e.g. a training crop with no face pixel
+    output = AffineOracle(scale=-3.0, offset=5.0)(batch)
+    with pytest.raises(ValueError, match="sample 1"):
+        batch_metrics(output, batch)
+    out = batch_metrics(output, batch, allow_empty=True)
+    for key in ("ai1", "absrel", "mean_deg"):
+        assert float(out[key][0]) < 1e-3 and torch.isnan(out[key][1]), key
+
+
 def test_batch_metrics_perfect_predictions(tiny_root):
     dataset = FaceDPDataset(tiny_root, "test")
     batch = _batch(dataset)
