@@ -325,6 +325,44 @@ def leaderboard(tables: pd.DataFrame | Iterable[pd.DataFrame], by: str | list[st
     return table.reset_index(drop=True)
 
 
+#: Columns of ``leaderboard.csv`` (one row per model): sample count, the headline metrics, training time.
+LEADERBOARD_COLUMNS = ("model", "n", "ai1", "ai2", "spearman", "absrel", "mean_deg", "train_seconds")
+#: Per-run facts written beside ``per_sample.csv`` by training notebooks (``train_seconds``, ``steps``).
+RUN_INFO = "run_info.json"
+
+
+def write_leaderboard(runs_dir: str | Path, out_path: str | Path | None = None) -> pd.DataFrame:
+    """Write ``runs_dir/leaderboard.csv``: one row per model over every ``per_sample.csv`` below ``runs_dir``.
+
+    Columns :data:`LEADERBOARD_COLUMNS`, best ``ai1`` first; ``mean_deg`` is NaN for a model without normals
+    and ``train_seconds`` is read from the ``run_info.json`` beside each table (NaN when absent, e.g. for the
+    classical reference rows). Written atomically; returns the table (empty when no run exists, in which
+    case nothing is written).
+    """
+    import json
+
+    runs_dir = Path(runs_dir)
+    frame = load_runs(runs_dir)
+    if frame.empty:
+        return pd.DataFrame(columns=list(LEADERBOARD_COLUMNS))
+    table = leaderboard(frame)
+    seconds: dict[str, float] = {}
+    for run in frame["run"].unique():
+        info_path = runs_dir / run / RUN_INFO
+        if info_path.is_file():
+            info = json.loads(info_path.read_text())
+            for model in frame.loc[frame["run"] == run, "model"].unique():
+                seconds[model] = float(info.get("train_seconds", np.nan))
+    table["train_seconds"] = table["model"].map(seconds).astype(float)
+    for column in LEADERBOARD_COLUMNS:
+        if column not in table.columns:
+            table[column] = np.nan
+    table = table[list(LEADERBOARD_COLUMNS)]
+    path = Path(out_path) if out_path is not None else runs_dir / "leaderboard.csv"
+    atomic_write(path, lambda tmp: table.to_csv(tmp, index=False))
+    return table
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def cli(argv: list[str] | None = None) -> int:
     """``dpface eval``: evaluate a checkpoint or a predictions folder over a split -> tables in ``--out``."""

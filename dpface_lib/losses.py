@@ -1,4 +1,4 @@
-"""Training losses: masked smooth-L1 on disparity, SILog on depth, cosine loss on normals.
+"""Training losses: masked smooth-L1 and affine-invariant L1 on disparity, SILog on depth, cosine on normals.
 
 All losses average over the pixels where ``mask`` is true, pooled over the whole batch (as the
 benchmark code does). An empty mask gives a loss of exactly 0 that is still connected to the
@@ -13,7 +13,10 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cosine_normal_loss", "model_loss", "silog_loss", "smooth_l1_disparity"]
+__all__ = [
+    "affine_invariant_l1", "affine_align", "cosine_normal_loss", "model_loss", "silog_loss",
+    "smooth_l1_disparity",
+]
 
 
 def _zero_like(pred: torch.Tensor) -> torch.Tensor:
@@ -61,6 +64,74 @@ def smooth_l1_disparity(
     total = disparities.new_zeros(())
     for i, w in enumerate(weights):
         total = total + float(w) * F.smooth_l1_loss(disparities[:, i][mask], target, beta=1.0)
+    return total
+
+
+def affine_align(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``s·pred + t`` with the per-sample least-squares ``(s, t)`` that best maps ``pred`` onto ``gt``.
+
+    Closed form over the masked pixels of each sample: ``s = cov(p, g) / (var(p) + eps)``,
+    ``t = mean(g) - s·mean(p)``; differentiable in ``pred``. A constant prediction gets ``s ≈ 0`` and is
+    aligned to ``mean(g)``, so the fit can never hide a flat output. Samples with fewer than two valid
+    pixels are returned unchanged.
+
+    Args:
+        pred: (B, H, W) predicted disparity (any affine map of it).
+        gt: (B, H, W) ground-truth disparity in px.
+        mask: (B, H, W) bool.
+
+    Returns:
+        (B, H, W) aligned prediction in the units of ``gt`` (px).
+    """
+    w = mask.to(pred.dtype)
+    n = w.sum(dim=(1, 2))
+    safe_n = n.clamp_min(1.0)
+    mp = (w * pred).sum(dim=(1, 2)) / safe_n
+    mg = (w * gt).sum(dim=(1, 2)) / safe_n
+    dp, dg = (pred - mp[:, None, None]) * w, (gt - mg[:, None, None]) * w
+    s = (dp * dg).sum(dim=(1, 2)) / ((dp * dp).sum(dim=(1, 2)) + eps * safe_n)
+    t = mg - s * mp
+    keep = n >= 2
+    s, t = torch.where(keep, s, torch.ones_like(s)), torch.where(keep, t, torch.zeros_like(t))
+    return s[:, None, None] * pred + t[:, None, None]
+
+
+def affine_invariant_l1(
+    disparities: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, weights: Sequence[float]
+) -> torch.Tensor:
+    """Weighted sum over outputs of the affine-invariant L1 disparity error (Garg et al., ICCV 2019).
+
+    Each output of each sample is first aligned to the ground truth by its least-squares affine map
+    (:func:`affine_align`); the loss is the mean absolute residual over the mask, averaged per sample and
+    then over the samples that have valid pixels: ``Σ_i w_i · mean_b mean_{mask_b} |s_bi·d_bi + t_bi − g_b|``.
+    It ignores each sample's disparity level and scale (which the rig's unknown ``a, b`` set), so the network
+    spends its capacity on the shape of the face, the thing the affine-invariant metrics score.
+
+    Args:
+        disparities: (B, N, H, W) predicted disparities in px (N outputs, loss-weight order).
+        gt: (B, H, W) ground-truth disparity in px.
+        mask: (B, H, W) bool.
+        weights: N weights, one per output.
+
+    Returns:
+        0-d tensor (px).
+    """
+    if disparities.ndim != 4 or len(weights) != disparities.shape[1]:
+        raise ValueError(
+            f"affine_invariant_l1: expected (B, N, H, W) disparities with N = {len(weights)} weights, got "
+            f"{tuple(disparities.shape)}"
+        )
+    mask = _check_mask(mask, gt.shape, "affine_invariant_l1")
+    counts = mask.sum(dim=(1, 2))
+    valid = counts >= 2
+    if not valid.any():
+        return _zero_like(disparities)
+    w = mask.to(disparities.dtype)
+    total = disparities.new_zeros(())
+    for i, weight in enumerate(weights):
+        aligned = affine_align(disparities[:, i], gt, mask)
+        per_sample = ((aligned - gt).abs() * w).sum(dim=(1, 2)) / counts.clamp_min(1)
+        total = total + float(weight) * per_sample[valid].mean()
     return total
 
 
@@ -131,8 +202,9 @@ def model_loss(
     Args:
         outputs: the model's output dict (``disparities``, ``depth``, ``normal``).
         batch: the batch (``disparity``, ``depth``, ``normal``, ``mask``).
-        loss_terms: ``{"smooth_l1" | "silog" | "cosine": λ}`` (a model's ``loss_terms``).
-        loss_weights: per-output weights for ``smooth_l1`` (a model's ``loss_weights``).
+        loss_terms: ``{"smooth_l1" | "affine_l1" | "silog" | "cosine": λ}`` (a model's ``loss_terms``, plus
+            ``affine_l1`` where the training config asks for it).
+        loss_weights: per-output weights for ``smooth_l1`` and ``affine_l1`` (a model's ``loss_weights``).
         variance_focus: λ of ``silog`` (BTS exposes it as ``model.variance_focus``).
 
     Returns:
@@ -143,12 +215,14 @@ def model_loss(
     for term, lam in loss_terms.items():
         if term == "smooth_l1":
             value = smooth_l1_disparity(outputs["disparities"], batch["disparity"], mask, loss_weights)
+        elif term == "affine_l1":
+            value = affine_invariant_l1(outputs["disparities"], batch["disparity"], mask, loss_weights)
         elif term == "silog":
             value = silog_loss(outputs["depth"], batch["depth"], mask & (batch["depth"] > 0), variance_focus)
         elif term == "cosine":
             value = cosine_normal_loss(outputs["normal"], batch["normal"], mask)
         else:
-            raise ValueError(f"unknown loss term {term!r}; known: smooth_l1, silog, cosine")
+            raise ValueError(f"unknown loss term {term!r}; known: smooth_l1, affine_l1, silog, cosine")
         parts[term] = float(lam) * value
     parts["loss"] = sum(parts.values(), torch.zeros((), device=mask.device))
     return parts

@@ -15,13 +15,23 @@ declare a ``grid`` (a sweep) that expands into one run per combination::
         parameters: {profile: tiny}
         grid: {model: [psmnet, dpnet]}
 
-``run_pipeline`` writes ``OUT/<step>[__<k>-<v>_...].ipynb`` for each run and ``OUT/summary.csv``
-(step, notebook, parameters, status, seconds, output). Notebooks that declare an ``out_dir``
+``run_pipeline`` writes ``OUT/<step>[__<k>-<v>_...].ipynb`` for each run, ``OUT/summary.csv``
+(step, notebook, parameters, status, seconds, output) and, once any notebook has written a
+``per_sample.csv`` below ``OUT``, ``OUT/leaderboard.csv`` (one row per model, updated after every step). Notebooks that declare an ``out_dir``
 parameter get ``OUT/<run name>/`` for the files they write, and ``{run_dir}`` inside a string
 parameter is replaced by ``OUT`` (so a later step can read what earlier steps wrote). A failing
 cell stops the pipeline with the notebook and cell named; the partially executed notebook is kept
 for inspection. An existing non-empty ``OUT`` is never overwritten: use ``resume=True`` to re-run
 only the runs that did not finish, or pick a new folder.
+
+An optional top-level ``dataset:`` mapping generates data first with ``dpface simulate`` (its long
+options, ``_`` for ``-``); ``{dataset}`` in a step's parameters becomes the set's root. The set is cached
+under ``runs/cache/`` by a hash of the options (:func:`dpface_lib.simulate.cache.cached_dataset`), so a
+second run reuses it; ``--set data_root=...`` skips generation and uses the given set everywhere::
+
+    dataset: {persons: 104, test_persons: 4, size: 160x128, f_number: 1.2}
+    steps:
+      - {name: train, notebook: notebooks/05_train_baseline.ipynb, parameters: {data_root: "{dataset}"}}
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from typing import Any
 import yaml
 
 from dpface_lib import REPO_ROOT
+from dpface_lib.evaluate import write_leaderboard
 from dpface_lib.fileio import atomic_write
 
 SUMMARY_FIELDS = ["step", "notebook", "parameters", "status", "seconds", "output"]
@@ -89,7 +100,7 @@ def load_pipeline(path: str | os.PathLike, base_dir: str | os.PathLike | None = 
         raise PipelineError(f"{path}: cannot read pipeline file: {err}") from err
     if not isinstance(spec, dict) or not isinstance(spec.get("steps"), list) or not spec["steps"]:
         raise PipelineError(f"{path}: expected a mapping with a non-empty list under 'steps'")
-    unknown = set(spec) - {"name", "description", "parameters", "steps"}
+    unknown = set(spec) - {"name", "description", "parameters", "steps", "dataset"}
     if unknown:
         raise PipelineError(f"{path}: unknown top-level keys {sorted(unknown)}")
     shared = spec.get("parameters") or {}
@@ -129,15 +140,35 @@ def load_pipeline(path: str | os.PathLike, base_dir: str | os.PathLike | None = 
     return runs
 
 
+def dataset_options(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``dataset:`` section of a pipeline file (``None`` when absent), its keys checked."""
+    from dpface_lib.simulate.cache import simulate_argv
+
+    spec = yaml.safe_load(Path(path).read_text()) or {}
+    section = spec.get("dataset")
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise PipelineError(f"{path}: 'dataset' must be a mapping of dpface simulate options")
+    try:
+        simulate_argv(section)
+    except ValueError as err:
+        raise PipelineError(f"{path}: {err}") from None
+    return dict(section)
+
+
 def _declared_parameters(notebook: Path) -> dict[str, Any]:
     import papermill
 
     return papermill.inspect_notebook(str(notebook))
 
 
-def _resolve_parameters(run: Run, out_dir: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def _resolve_parameters(run: Run, out_dir: Path, overrides: dict[str, Any] | None = None, *,
+                        dataset: str | None = None) -> dict[str, Any]:
     """Shared parameters the notebook declares + the step's own (validated) + ``out_dir``, then the
-    ``overrides`` the notebook declares (taken as given)."""
+    ``overrides`` the notebook declares (taken as given). ``{run_dir}`` in a string becomes ``out_dir``;
+    ``{dataset}`` becomes the generated dataset's root (a value that is exactly ``"{dataset}"`` becomes
+    ``None``, i.e. the notebook's default data, when the pipeline generates none)."""
     declared = _declared_parameters(run.notebook)
     own = run.parameters
     unknown = sorted(set(own) - set(declared))
@@ -147,18 +178,20 @@ def _resolve_parameters(run: Run, out_dir: Path, overrides: dict[str, Any] | Non
             f"its parameters cell declares {sorted(declared)}"
         )
     shared = {k: v for k, v in run.shared.items() if k in declared}
-    params = {key: _substitute_run_dir(value, out_dir) for key, value in {**shared, **own}.items()}
+    params = {key: _substitute(value, out_dir, dataset) for key, value in {**shared, **own}.items()}
     if "out_dir" in declared and "out_dir" not in own:
         params["out_dir"] = str(out_dir / run.name)
     params.update({k: v for k, v in (overrides or {}).items() if k in declared})
     return params
 
 
-def _substitute_run_dir(value: Any, out_dir: Path) -> Any:
+def _substitute(value: Any, out_dir: Path, dataset: str | None = None) -> Any:
     if isinstance(value, str):
-        return value.replace("{run_dir}", str(out_dir))
+        if value == "{dataset}" and dataset is None:
+            return None
+        return value.replace("{run_dir}", str(out_dir)).replace("{dataset}", dataset or "")
     if isinstance(value, list):
-        return [_substitute_run_dir(v, out_dir) for v in value]
+        return [_substitute(v, out_dir, dataset) for v in value]
     return value
 
 
@@ -232,6 +265,18 @@ def run_pipeline(
     out.mkdir(parents=True, exist_ok=True)
     done = {(row["step"], row["output"]) for row in previous if row["status"] == "ok"}
     kernel_name = _kernel_name(kernel)
+    overrides = dict(overrides or {})
+    options = dataset_options(pipeline_file)
+    dataset = None
+    if overrides.get("data_root") not in (None, ""):
+        dataset = str(overrides["data_root"])  # the caller's set replaces the generated one
+    elif options is not None:
+        from dpface_lib import RUNS_DIR
+        from dpface_lib.simulate.cache import cached_dataset
+
+        start = time.perf_counter()
+        dataset = str(cached_dataset(options, RUNS_DIR / "cache"))
+        print(f"dataset: {dataset} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
 
     rows: list[dict[str, Any]] = [row for row in previous if row["status"] == "ok"]
     bar = tqdm(runs, desc="pipeline", unit="notebook")
@@ -240,7 +285,7 @@ def run_pipeline(
         if (run.step, str(output)) in done:
             continue
         bar.set_postfix_str(run.name)
-        params = _resolve_parameters(run, out, overrides)
+        params = _resolve_parameters(run, out, overrides, dataset=dataset)
         row = {"step": run.step, "notebook": str(run.notebook.relative_to(REPO_ROOT))
                if run.notebook.is_relative_to(REPO_ROOT) else str(run.notebook),
                "parameters": json.dumps(params, sort_keys=True), "status": "running", "seconds": "",
@@ -263,6 +308,7 @@ def run_pipeline(
         row.update(status="ok", seconds=f"{time.perf_counter() - start:.1f}")
         rows.append(row)
         _write_summary(summary_path, rows)
+        write_leaderboard(out)  # after every step, so later notebooks (07) can read it
     _write_summary(summary_path, rows)
     return rows
 

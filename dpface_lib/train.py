@@ -47,14 +47,14 @@ import yaml
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from dpface_lib.evaluate import batch_metrics
 from dpface_lib.losses import model_loss
 from dpface_lib.models import CONFIG_DIR, build_model, load_config, model_args
 
 __all__ = [
-    "DEFAULTS", "AtomicCheckpointIO", "ConfigError", "DPFaceDataModule", "DPFaceModule", "cli",
+    "DEFAULTS", "AtomicCheckpointIO", "ConfigError", "DPFaceDataModule", "DPFaceModule", "cli", "evenly_spaced",
     "load_checkpoint", "load_model", "training_config", "train_model",
 ]
 
@@ -66,6 +66,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
         "train_split": "train",
         "val_split": "test",            # the benchmark has no separate validation split
+        "val_subset": None,             # validate on this many evenly spaced samples of val_split (None: all)
         "lights": None,                 # e.g. [1]: the benchmark trains on light 1 only
         "batch_size": 4,
         "eval_batch_size": 2,
@@ -95,7 +96,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 #: Accepted types of the keys whose default is None (others: the default's type; an int passes for a float).
 _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
-    "data.lights": (list,), "data.crop.size": (list,), "data.eval_crop.size": (list,),
+    "data.lights": (list,), "data.val_subset": (int,), "data.crop.size": (list,), "data.eval_crop.size": (list,),
     "data.photometric.lighting": (list,), "data.photometric.brightness": (list,),
     "data.photometric.contrast": (list,), "data.photometric.gamma": (list,),
     "train.loss_lambdas": (dict,), "train.gradient_clip_val": (float, int),
@@ -203,6 +204,13 @@ def _seeded(seed: int) -> Iterator[None]:
             np.random.set_state(np_state)  # noqa: NPY002
 
 
+def evenly_spaced(n: int, k: int) -> list[int]:
+    """``min(k, n)`` distinct indices spread evenly over ``range(n)`` (first and last included)."""
+    if n <= 0 or k <= 0:
+        return []
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, min(k, n))})
+
+
 class SeededSamples(Dataset):
     """Wraps a dataset so that item ``(index, seed)`` applies ``transform`` under a fixed RNG seed.
 
@@ -285,7 +293,7 @@ class DPFaceDataModule(pl.LightningDataModule):
     def __init__(self, root: str | os.PathLike, data_cfg: Mapping[str, Any], seed: int = 0) -> None:
         super().__init__()
         self.root, self.cfg, self.seed = Path(root), dict(data_cfg), int(seed)
-        self.datasets: dict[str, SeededSamples] = {}
+        self.datasets: dict[str, Dataset] = {}
         self.train_sampler: StepSampler | None = None
 
     def _dataset(self, split: str, train: bool) -> SeededSamples:
@@ -302,7 +310,10 @@ class DPFaceDataModule(pl.LightningDataModule):
             batch = min(self.cfg["batch_size"], n)
             self.train_sampler = StepSampler(n, self.seed, batch, drop_last=True)
         if stage in (None, "fit", "validate") and "val" not in self.datasets:
-            self.datasets["val"] = self._dataset(self.cfg["val_split"], train=False)
+            val = self._dataset(self.cfg["val_split"], train=False)
+            if self.cfg["val_subset"]:
+                val = Subset(val, evenly_spaced(len(val), int(self.cfg["val_subset"])))
+            self.datasets["val"] = val
         if stage in (None, "test") and "test" not in self.datasets:
             self.datasets["test"] = self._dataset("test", train=False)
 
@@ -399,11 +410,14 @@ class DPFaceModule(pl.LightningModule):
                                    "config": _plain(self.config)})
         terms = dict(getattr(self.model, "loss_terms", {"smooth_l1": 1.0}))
         lambdas = self.config["train"]["loss_lambdas"] or {}
+        if "smooth_l1" in terms:  # every disparity model may add Garg et al.'s affine-invariant term
+            terms.setdefault("affine_l1", 0.0)
         unknown = sorted(set(lambdas) - set(terms))
         if unknown:
             raise ConfigError(f"train.loss_lambdas names {unknown}, but model {name!r} uses only "
                               f"{sorted(terms)}")
         self.loss_terms = {term: float(lambdas.get(term, lam)) for term, lam in terms.items()}
+        self.loss_terms = {term: lam for term, lam in self.loss_terms.items() if lam != 0.0 or term in lambdas}
         self.loss_weights = list(getattr(self.model, "loss_weights", [1.0]))
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:

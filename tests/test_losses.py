@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from dpface_lib.losses import cosine_normal_loss, model_loss, silog_loss, smooth_l1_disparity
+from dpface_lib.losses import (
+    affine_align,
+    affine_invariant_l1,
+    cosine_normal_loss,
+    model_loss,
+    silog_loss,
+    smooth_l1_disparity,
+)
 
 
 def test_smooth_l1_hand_values():
@@ -136,3 +143,69 @@ def test_model_loss_combines_terms_with_lambdas():
     assert model_loss(outputs, batch, {"silog": 1.0}, [1.0])["loss"].item() == pytest.approx(0.0, abs=1e-4)
     with pytest.raises(ValueError, match="unknown loss term"):
         model_loss(outputs, batch, {"l2": 1.0}, [1.0])
+
+
+# ------------------------------------------------------------------------------ affine-invariant L1
+def _lstsq_l1(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> float:
+    """Independent oracle: numpy least squares for (s, t), then the mean absolute residual."""
+    import numpy as np
+
+    p, g = pred[mask].double().numpy(), gt[mask].double().numpy()
+    design = np.stack([p, np.ones_like(p)], axis=1)
+    (s, t), *_ = np.linalg.lstsq(design, g, rcond=None)
+    return float(np.abs(s * p + t - g).mean())
+
+
+def test_affine_l1_matches_a_least_squares_oracle():
+    gen = torch.Generator().manual_seed(0)
+    gt = torch.randn(3, 6, 5, generator=gen)
+    pred = torch.randn(3, 6, 5, generator=gen)
+    mask = torch.rand(3, 6, 5, generator=gen) > 0.3
+    loss = affine_invariant_l1(pred.unsqueeze(1), gt, mask, [1.0])
+    expected = sum(_lstsq_l1(pred[b], gt[b], mask[b]) for b in range(3)) / 3  # mean over samples
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_affine_l1_ignores_scale_and_level_but_not_a_flat_output():
+    gen = torch.Generator().manual_seed(1)
+    gt = torch.randn(2, 8, 8, generator=gen)
+    mask = torch.ones(2, 8, 8, dtype=torch.bool)
+    mapped = torch.stack([-1.7 * gt[0] + 2.5, 0.3 * gt[1] - 4.0])  # a different affine map per sample
+    assert affine_invariant_l1(mapped.unsqueeze(1), gt, mask, [1.0]).item() < 1e-5
+    flat = torch.full_like(gt, 0.7)  # s -> 0: aligned to each sample's mean
+    spread = (gt - gt.mean(dim=(1, 2), keepdim=True)).abs().mean(dim=(1, 2)).mean()
+    assert affine_invariant_l1(flat.unsqueeze(1), gt, mask, [1.0]).item() == pytest.approx(spread.item(), rel=1e-5)
+
+
+def test_affine_align_gradcheck_and_weights():
+    gen = torch.Generator().manual_seed(2)
+    gt = torch.randn(2, 4, 4, dtype=torch.float64, generator=gen)
+    pred = torch.randn(2, 2, 4, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    mask = torch.rand(2, 4, 4, generator=gen) > 0.2
+    assert torch.autograd.gradcheck(lambda p: affine_invariant_l1(p, gt, mask, [1.0, 0.5]), (pred,))
+    single = [affine_invariant_l1(pred[:, i : i + 1], gt, mask, [1.0]) for i in range(2)]
+    both = affine_invariant_l1(pred, gt, mask, [1.0, 0.5])
+    assert both.item() == pytest.approx(single[0].item() + 0.5 * single[1].item())
+    aligned = affine_align(pred[:, 0], gt, mask)
+    assert aligned.shape == gt.shape
+
+
+def test_affine_l1_empty_and_partly_empty_masks():
+    pred = torch.randn(2, 1, 3, 3, requires_grad=True)
+    gt = torch.randn(2, 3, 3)
+    empty = torch.zeros(2, 3, 3, dtype=torch.bool)
+    loss = affine_invariant_l1(pred, gt, empty, [1.0])
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(pred.grad, torch.zeros_like(pred))
+    half = empty.clone()
+    half[1] = True  # sample 0 has no valid pixel: the mean runs over sample 1 only
+    assert affine_invariant_l1(pred.detach(), gt, half, [1.0]).item() == pytest.approx(
+        _lstsq_l1(pred.detach()[1, 0], gt[1], half[1]), rel=1e-5)
+
+
+def test_model_loss_affine_term():
+    gt = torch.randn(1, 4, 4)
+    batch = {"disparity": gt, "mask": torch.ones(1, 4, 4, dtype=torch.bool)}
+    outputs = {"disparities": (3.0 * gt + 1.0).unsqueeze(1)}
+    parts = model_loss(outputs, batch, {"affine_l1": 1.0, "smooth_l1": 0.1}, [1.0])
+    assert parts["affine_l1"].item() < 1e-5 and parts["smooth_l1"].item() > 0.1

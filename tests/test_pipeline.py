@@ -168,9 +168,9 @@ def test_existing_run_is_never_overwritten_and_resume_skips_finished(project: Pa
     executed: list[str] = []
     real = pipeline._resolve_parameters
 
-    def spy(run, out_dir, overrides=None):
+    def spy(run, out_dir, overrides=None, **kwargs):
         executed.append(run.name)
-        return real(run, out_dir, overrides)
+        return real(run, out_dir, overrides, **kwargs)
 
     monkeypatch.setattr(pipeline, "_resolve_parameters", spy)
     rows = run_pipeline(spec, out, resume=True, cell_progress=False)
@@ -184,3 +184,42 @@ def test_cli_lists_runs(project: Path, capsys) -> None:
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["s__x-1", "s__x-2"]
     assert pipeline.cli([str(spec), "--out", str(project / "o"), "--only", "zzz"]) == 1
+
+
+def test_dataset_section_is_generated_once_and_fills_the_dataset_placeholder(project: Path, monkeypatch) -> None:
+    calls: list[dict] = []
+
+    def fake_cached_dataset(options, cache_dir, **kwargs):
+        calls.append(dict(options))
+        return Path("/data/teach-abc")
+
+    monkeypatch.setattr("dpface_lib.simulate.cache.cached_dataset", fake_cached_dataset)
+    spec = _write_yaml(project / "p.yaml", """
+dataset: {persons: 3, size: 64x64}
+steps:
+  - {name: a, notebook: ok.ipynb, parameters: {x: "{dataset}/train.txt"}}
+  - {name: b, notebook: ok.ipynb}
+""")
+    run_pipeline(spec, project / "out", cell_progress=False)
+    assert calls == [{"persons": 3, "size": "64x64"}]
+    assert (project / "out" / "a" / "x.txt").read_text() == repr("/data/teach-abc/train.txt")
+    assert (project / "out" / "b" / "x.txt").read_text() == "1"
+    bad = _write_yaml(project / "bad.yaml", "dataset: {persons: 3, colour: red}\nsteps:\n"
+                      "  - {name: a, notebook: ok.ipynb}\n")
+    with pytest.raises(PipelineError, match="colour"):
+        run_pipeline(bad, project / "out2", cell_progress=False)
+
+
+def test_leaderboard_written_after_each_step(project: Path) -> None:
+    body = ("import pandas as pd\nfrom pathlib import Path\nPath(out_dir).mkdir(parents=True, exist_ok=True)\n"
+            "pd.DataFrame({'model': ['m'] * 2, 'sample_id': ['s1', 's2'], 'ai1': [x, 3 * x]})"
+            ".to_csv(Path(out_dir) / 'per_sample.csv', index=False)\n"
+            "(Path(out_dir) / 'run_info.json').write_text('{\"train_seconds\": 12.5}')")
+    _notebook(project / "table.ipynb", body)
+    spec = _write_yaml(project / "p.yaml", "steps:\n  - {name: t, notebook: table.ipynb, parameters: {x: 0.5}}\n")
+    run_pipeline(spec, project / "out", cell_progress=False)
+    with (project / "out" / "leaderboard.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["model", "n", "ai1", "ai2", "spearman", "absrel", "mean_deg", "train_seconds"]
+    assert rows[0]["model"] == "m" and rows[0]["n"] == "2" and float(rows[0]["ai1"]) == pytest.approx(1.0)
+    assert float(rows[0]["train_seconds"]) == 12.5 and rows[0]["mean_deg"] == ""
