@@ -17,8 +17,9 @@ Depth is ``Z = a / (d - b)`` (mm) from :func:`dpface_lib.geometry.disparity_to_d
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from typing import Any
 
 import numpy as np
@@ -64,7 +65,8 @@ def row_shift(image: torch.Tensor, shift_px: float) -> torch.Tensor:
     if shift_px == 0.0:
         return image
     height, width = image.shape[-2:]
-    pad = min(math.ceil(abs(shift_px)) + 1, 10 * height)
+    shift_px = max(-float(height), min(float(height), shift_px))  # beyond H rows: all the edge row
+    pad = math.ceil(abs(shift_px)) + 1
     flat = image.reshape(-1, 1, height, width)
     padded = F.pad(flat, (0, 0, pad, pad), mode="replicate")
     out = shift_rows(padded, -shift_px, "linear")[..., pad : pad + height, :]
@@ -185,8 +187,10 @@ class BlockMatcher(nn.Module):
         kind: ``"ncc"`` or ``"sad"`` (see :func:`dp_cost_volume`).
         smooth_sigma: std (px) of the final confidence-weighted Gaussian blur of the disparity
             (normalised convolution ``blur(w d) / blur(w)``, ``w = clamp(1 - best cost, 0) ** 2`` for NCC,
-            i.e. the squared peak correlation; ``w = 1`` for SAD); 0 = off. The default 8 px is strong
-            but best on ``data_samples`` (the face's relief is smooth and the matches are noisy).
+            i.e. the squared peak correlation; ``w = 1`` for SAD); 0 = off. The default 2 px is the light
+            smoothing of the kit's reference row; a face is smooth, so wider blurs (8 px) lower the
+            affine-invariant error further at the price of flattening the nose and eyes
+            (``04_classical_dp_matching`` shows the trade-off).
         channel: ``None`` = grey (channel mean), else that channel of the images.
 
     ``forward(batch)`` reads ``left``, ``right`` (B, 3, H, W) and ``a``, ``b`` (B,) and returns
@@ -194,7 +198,7 @@ class BlockMatcher(nn.Module):
     """
 
     def __init__(self, min_disp: float = -3.0, max_disp: float = 4.0, step: float = 1.0, window: int = 15,
-                 kind: str = "ncc", smooth_sigma: float = 8.0, channel: int | None = None) -> None:
+                 kind: str = "ncc", smooth_sigma: float = 2.0, channel: int | None = None) -> None:
         super().__init__()
         if not max_disp > min_disp or not step > 0:
             raise ValueError(f"need max_disp > min_disp and step > 0, got {min_disp}, {max_disp}, {step}")
@@ -257,14 +261,23 @@ def best_constant(dataset: Iterable[Mapping[str, Any]], max_samples: int | None 
     The median minimises the summed absolute error, so it is the best constant prediction under L1.
 
     Args:
-        dataset: a :class:`dpface_lib.data.FaceDPDataset` (use the training split) or any iterable of
-            dicts with ``disparity`` (H, W) px and ``mask`` (H, W) bool.
-        max_samples: read only the first ``max_samples`` samples (``None`` = all).
+        dataset: a :class:`dpface_lib.data.FaceDPDataset` (use the training split) or any sequence /
+            iterable of dicts with ``disparity`` (H, W) px and ``mask`` (H, W) bool.
+        max_samples: read at most this many samples (``None`` = all): evenly spaced over a sequence
+            (first and last included), the first ones of a plain iterable.
     """
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
+    if isinstance(dataset, Sized) and hasattr(dataset, "__getitem__"):
+        count = len(dataset)
+        picked: Iterable[int] = range(count)
+        if max_samples is not None and max_samples < count:
+            picked = np.unique(np.linspace(0, count - 1, max_samples).round().astype(int)).tolist()
+        samples: Iterable[Mapping[str, Any]] = (dataset[i] for i in picked)
+    else:
+        samples = itertools.islice(dataset, max_samples)
     values = []
-    for i, sample in enumerate(dataset):
-        if max_samples is not None and i >= max_samples:
-            break
+    for sample in samples:
         disparity = torch.as_tensor(sample["disparity"], dtype=torch.float64)
         values.append(disparity[torch.as_tensor(sample["mask"]).bool()].numpy())
     pooled = np.concatenate(values) if values else np.empty(0)

@@ -17,7 +17,8 @@ declare a ``grid`` (a sweep) that expands into one run per combination::
 
 ``run_pipeline`` writes ``OUT/<step>[__<k>-<v>_...].ipynb`` for each run, ``OUT/summary.csv``
 (step, notebook, parameters, status, seconds, output) and, once any notebook has written a
-``per_sample.csv`` below ``OUT``, ``OUT/leaderboard.csv`` (one row per model, updated after every step). Notebooks that declare an ``out_dir``
+``per_sample.csv`` below ``OUT``, ``OUT/leaderboard.csv`` (one row per model, updated after every
+step). Notebooks that declare an ``out_dir``
 parameter get ``OUT/<run name>/`` for the files they write, and ``{run_dir}`` inside a string
 parameter is replaced by ``OUT`` (so a later step can read what earlier steps wrote). A failing
 cell stops the pipeline with the notebook and cell named; the partially executed notebook is kept

@@ -54,7 +54,8 @@ from dpface_lib.losses import model_loss
 from dpface_lib.models import CONFIG_DIR, build_model, load_config, model_args
 
 __all__ = [
-    "DEFAULTS", "AtomicCheckpointIO", "ConfigError", "DPFaceDataModule", "DPFaceModule", "cli", "evenly_spaced",
+    "DEFAULTS", "AtomicCheckpointIO", "ConfigError", "DPFaceDataModule", "DPFaceModule", "cli",
+    "evenly_spaced",
     "load_checkpoint", "load_model", "training_config", "train_model",
 ]
 
@@ -96,7 +97,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 #: Accepted types of the keys whose default is None (others: the default's type; an int passes for a float).
 _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
-    "data.lights": (list,), "data.val_subset": (int,), "data.crop.size": (list,), "data.eval_crop.size": (list,),
+    "data.lights": (list,), "data.val_subset": (int,), "data.crop.size": (list,),
+    "data.eval_crop.size": (list,),
     "data.photometric.lighting": (list,), "data.photometric.brightness": (list,),
     "data.photometric.contrast": (list,), "data.photometric.gamma": (list,),
     "train.loss_lambdas": (dict,), "train.gradient_clip_val": (float, int),
@@ -417,7 +419,8 @@ class DPFaceModule(pl.LightningModule):
             raise ConfigError(f"train.loss_lambdas names {unknown}, but model {name!r} uses only "
                               f"{sorted(terms)}")
         self.loss_terms = {term: float(lambdas.get(term, lam)) for term, lam in terms.items()}
-        self.loss_terms = {term: lam for term, lam in self.loss_terms.items() if lam != 0.0 or term in lambdas}
+        self.loss_terms = {term: lam for term, lam in self.loss_terms.items()
+                           if lam != 0.0 or term in lambdas}
         self.loss_weights = list(getattr(self.model, "loss_weights", [1.0]))
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:

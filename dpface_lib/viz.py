@@ -44,12 +44,15 @@ def point_cloud_figure(depths: Mapping[str, np.ndarray], K: np.ndarray, mask: np
     from plotly.subplots import make_subplots
 
     names = list(depths)
-    fig = make_subplots(rows=1, cols=len(names), specs=[[{"type": "scene"}] * len(names)], subplot_titles=names)
+    fig = make_subplots(rows=1, cols=len(names), specs=[[{"type": "scene"}] * len(names)],
+                        subplot_titles=names)
     clouds = [face_points(depths[n], K, mask, max_points) for n in names]
-    z_all = np.concatenate([c[:, 2] for c in clouds if len(c)]) if any(len(c) for c in clouds) else np.zeros(1)
+    z_all = np.concatenate([c[:, 2] for c in clouds] + [np.zeros(0)])
+    z_all = z_all if z_all.size else np.zeros(1)
     lo, hi = np.percentile(z_all, [1, 99])
     for i, cloud in enumerate(clouds, start=1):
-        fig.add_trace(go.Scatter3d(x=cloud[:, 0], y=cloud[:, 1], z=cloud[:, 2], mode="markers", name=names[i - 1],
+        fig.add_trace(go.Scatter3d(x=cloud[:, 0], y=cloud[:, 1], z=cloud[:, 2], mode="markers",
+                                   name=names[i - 1],
                                    marker=dict(size=1.6, color=cloud[:, 2], colorscale="Viridis", cmin=lo,
                                                cmax=hi, showscale=i == 1)), row=1, col=i)
     camera = dict(up=dict(x=0, y=-1, z=0), eye=dict(x=0.0, y=0.0, z=-2.0))  # look along +z, y down

@@ -1,4 +1,4 @@
-"""The pipeline's teaching set: simulator options -> command line, hash-keyed cache, atomic generation, data card."""
+"""The pipeline's teaching set: options -> command line, hash-keyed cache, atomic generation, data card."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ TINY = {"persons": 2, "test_persons": 1, "size": "64x64", "seed": 3, "cameras": 
 
 
 def test_options_become_the_simulator_command_line():
-    argv = simulate_argv({"persons": 4, "size": "160x128", "cameras": [1, 2], "f_number": 1.2, "no_noise": True})
-    assert argv == ["--persons", "4", "--size", "160x128", "--f-number", "1.2", "--cameras", "1,2", "--no-noise"]
+    argv = simulate_argv({"persons": 4, "size": "160x128", "cameras": [1, 2], "f_number": 1.2,
+                          "no_noise": True})
+    assert argv == ["--persons", "4", "--size", "160x128", "--f-number", "1.2", "--cameras", "1,2",
+                    "--no-noise"]
     with pytest.raises(ValueError, match="unknown.*accepted"):
         simulate_argv({"person": 4})
 

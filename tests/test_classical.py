@@ -130,7 +130,7 @@ def test_best_constant_is_the_median_and_the_constant_predictor() -> None:
         {"disparity": torch.tensor([[10.0, 100.0, 7.0]]), "mask": torch.tensor([[True, True, False]])},
         {"disparity": torch.tensor([[-1e6]]), "mask": torch.tensor([[True]])},
     ]
-    value = best_constant(samples, max_samples=2)
+    value = best_constant(samples[:2])
     assert value == 3.0 == float(np.median(masked))
 
     def l1(c: float) -> float:
@@ -138,6 +138,8 @@ def test_best_constant_is_the_median_and_the_constant_predictor() -> None:
 
     assert all(l1(value) < l1(value + delta) for delta in (-0.5, -0.01, 0.01, 0.5))
     assert best_constant(samples) == 2.5  # six values with the third sample: midpoint of 2 and 3
+    assert best_constant(samples, max_samples=2) == 1.5  # evenly spaced: samples 0 and 2
+    assert best_constant(iter(samples), max_samples=2) == 3.0  # an iterator: the first two
     with pytest.raises(ValueError):
         best_constant([{"disparity": torch.zeros(2, 2), "mask": torch.zeros(2, 2, dtype=torch.bool)}])
 

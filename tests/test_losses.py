@@ -174,7 +174,8 @@ def test_affine_l1_ignores_scale_and_level_but_not_a_flat_output():
     assert affine_invariant_l1(mapped.unsqueeze(1), gt, mask, [1.0]).item() < 1e-5
     flat = torch.full_like(gt, 0.7)  # s -> 0: aligned to each sample's mean
     spread = (gt - gt.mean(dim=(1, 2), keepdim=True)).abs().mean(dim=(1, 2)).mean()
-    assert affine_invariant_l1(flat.unsqueeze(1), gt, mask, [1.0]).item() == pytest.approx(spread.item(), rel=1e-5)
+    flat_loss = affine_invariant_l1(flat.unsqueeze(1), gt, mask, [1.0])
+    assert flat_loss.item() == pytest.approx(spread.item(), rel=1e-5)
 
 
 def test_affine_align_gradcheck_and_weights():

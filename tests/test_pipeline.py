@@ -186,7 +186,7 @@ def test_cli_lists_runs(project: Path, capsys) -> None:
     assert pipeline.cli([str(spec), "--out", str(project / "o"), "--only", "zzz"]) == 1
 
 
-def test_dataset_section_is_generated_once_and_fills_the_dataset_placeholder(project: Path, monkeypatch) -> None:
+def test_dataset_section_is_generated_once_and_fills_its_placeholder(project: Path, monkeypatch) -> None:
     calls: list[dict] = []
 
     def fake_cached_dataset(options, cache_dir, **kwargs):
@@ -211,12 +211,14 @@ steps:
 
 
 def test_leaderboard_written_after_each_step(project: Path) -> None:
-    body = ("import pandas as pd\nfrom pathlib import Path\nPath(out_dir).mkdir(parents=True, exist_ok=True)\n"
+    body = ("import pandas as pd\nfrom pathlib import Path\n"
+            "Path(out_dir).mkdir(parents=True, exist_ok=True)\n"
             "pd.DataFrame({'model': ['m'] * 2, 'sample_id': ['s1', 's2'], 'ai1': [x, 3 * x]})"
             ".to_csv(Path(out_dir) / 'per_sample.csv', index=False)\n"
             "(Path(out_dir) / 'run_info.json').write_text('{\"train_seconds\": 12.5}')")
     _notebook(project / "table.ipynb", body)
-    spec = _write_yaml(project / "p.yaml", "steps:\n  - {name: t, notebook: table.ipynb, parameters: {x: 0.5}}\n")
+    spec = _write_yaml(project / "p.yaml",
+                       "steps:\n  - {name: t, notebook: table.ipynb, parameters: {x: 0.5}}\n")
     run_pipeline(spec, project / "out", cell_progress=False)
     with (project / "out" / "leaderboard.csv").open() as fh:
         rows = list(csv.DictReader(fh))

@@ -13,7 +13,7 @@ from conftest import write_tiny_dataset
 
 import dpface_lib.models as models
 import dpface_lib.train as train
-from dpface_lib.losses import smooth_l1_disparity
+from dpface_lib.losses import affine_invariant_l1, smooth_l1_disparity
 from dpface_lib.models import list_models
 from dpface_lib.train import (
     AtomicCheckpointIO,
@@ -43,8 +43,8 @@ def test_every_model_has_valid_full_and_tiny_training_configs(name: str) -> None
     assert full["data"]["crop"] == {"mode": "random", "size": None, "ratio": 0.75, "multiple": 96}
     assert full["data"]["photometric"]["lighting"] == [0.5, 5.0]
     assert full["data"]["batch_size"] == (2 if name in ("psmnet", "dpnet") else 4)
-    # the tiny profile is short and has a higher learning rate
-    assert 0 < tiny["train"]["max_steps"] <= 500 and tiny["train"]["optimizer"]["lr"] > 1e-4
+    # the tiny profile is a teaching run of a few CPU minutes with a higher learning rate
+    assert 0 < tiny["train"]["max_steps"] <= 600 and tiny["train"]["optimizer"]["lr"] > 1e-4
 
 
 def test_config_errors_name_the_key() -> None:
@@ -157,9 +157,12 @@ def test_batch_metrics_of_a_perfect_prediction_are_zero() -> None:
 
 def test_loss_lambdas_scale_the_model_loss() -> None:
     batch = _batch()
-    base = DPFaceModule("dpnet", "tiny")
-    doubled = DPFaceModule("dpnet", "tiny", config=training_config(
-        "dpnet", "tiny", {"train": {"loss_lambdas": {"smooth_l1": 2.0}}}))
+
+    def module(**lambdas):
+        return DPFaceModule("dpnet", "tiny", config=training_config(
+            "dpnet", "tiny", {"train": {"loss_lambdas": lambdas}}))
+
+    base, doubled = module(smooth_l1=1.0, affine_l1=0.0), module(smooth_l1=2.0, affine_l1=0.0)
     doubled.model.load_state_dict(base.model.state_dict())
     out = base.model(batch)
     loss = base._loss(out, batch)["loss"]
@@ -171,6 +174,13 @@ def test_loss_lambdas_scale_the_model_loss() -> None:
     with pytest.raises(ConfigError, match="uses only"):
         DPFaceModule("dpnet", "tiny", config=training_config("dpnet", "tiny", {"train": {"loss_lambdas": {
             "cosine": 1.0}}}))
+    # the affine-invariant term is available to every disparity model, not to a depth-only one
+    affine = module(smooth_l1=0.0, affine_l1=1.0)
+    expected = affine_invariant_l1(out["disparities"], batch["disparity"], batch["mask"], base.loss_weights)
+    assert torch.allclose(affine._loss(out, batch)["loss"], expected)
+    with pytest.raises(ConfigError, match="uses only"):
+        DPFaceModule("bts", "tiny", config=training_config("bts", "tiny", {"train": {"loss_lambdas": {
+            "affine_l1": 1.0}}}))
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -264,3 +274,21 @@ def test_cli_trains_and_reports_bad_input(tmp_path: Path, capsys: pytest.Capture
     assert cli([*args, "--set", "train.optimiser.lr=1"]) == 2
     assert "unknown key 'overrides.train.optimiser'" in capsys.readouterr().err
     assert cli([*args, "--resume", str(tmp_path / "none.ckpt")]) == 2
+
+
+def test_validation_subset_is_evenly_spaced(tmp_path: Path) -> None:
+    from dpface_lib.train import DPFaceDataModule, evenly_spaced
+
+    assert evenly_spaced(10, 4) == [0, 3, 6, 9] and evenly_spaced(3, 8) == [0, 1, 2]
+    assert evenly_spaced(0, 2) == []
+    root = write_tiny_dataset(tmp_path / "data", size=(32, 32))
+    config = training_config("dpnet", "tiny", {"data": {"val_subset": 3}})
+    module = DPFaceModule("dpnet", "tiny", config=config)
+    data = DPFaceDataModule(root, config["data"])
+    data.setup("fit")
+    full = DPFaceDataModule(root, training_config("dpnet", "tiny")["data"])
+    full.setup("validate")
+    assert len(data.datasets["val"]) == 3 and len(full.datasets["val"]) == 8  # 1 test group x 2 cams x 2 x 2
+    ids = [data.datasets["val"][i]["sample_id"] for i in range(3)]
+    assert ids == [full.datasets["val"][i]["sample_id"] for i in evenly_spaced(8, 3)]
+    assert module.config["data"]["val_subset"] == 3

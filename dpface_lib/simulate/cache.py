@@ -95,7 +95,8 @@ def cached_dataset(options: Mapping[str, Any], cache_dir: str | os.PathLike, *, 
     shutil.rmtree(tmp, ignore_errors=True)
     n_workers = workers or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                else os.cpu_count() or 1)
-    cfg = parse_args([*argv, "--out", str(tmp), "--workers", str(n_workers), *([] if progress else ["--quiet"])])
+    quiet = [] if progress else ["--quiet"]
+    cfg = parse_args([*argv, "--out", str(tmp), "--workers", str(n_workers), *quiet])
     try:
         counts = generate(cfg)
         card = data_card(tmp, argv, counts)
@@ -164,8 +165,8 @@ options change.
 | samples (view x light) | {n_json['train']} | {n_json['test']} |
 
 - Lens: {facts['optics']['focal_mm']:.0f} mm focused near {facts['optics']['focus_mm']:.0f} mm at
-  **f/{facts['optics']['f_number']:g}**, with the benchmark sensor's DP response (k = 0.1337 px of disparity per px
-  of blur). The aperture is wider than the benchmark's f/5.657 so that the small stored images keep a
+  **f/{facts['optics']['f_number']:g}**, with the benchmark sensor's DP response (k = 0.1337 px of disparity
+  per px of blur). The aperture is wider than the benchmark's f/5.657 so that the small stored images keep a
   learnable DP signal.
 - Face relief (median over test views of the 5th-95th percentile disparity span):
   **{facts['relief_px']:.2f} px** here; the same faces through the real benchmark camera at its stored
