@@ -34,15 +34,18 @@ def main(out: Path) -> None:
     mask = s["mask"].numpy()
     gt_z = s["depth"].numpy()
     lo, hi = np.percentile(gt_z[mask], [2, 98])
-    panels = [("left DP view", left, None),
-              ("predicted depth (mm)", np.where(mask, result["depth"], np.nan), "magma"),
-              ("ground-truth depth (mm)", np.where(mask, gt_z, np.nan), "magma"),
-              ("predicted normals", np.where(mask[..., None], normals_to_rgb(result["normal"]), 1.0), None),
+    pred_z = result["depth"]
+    plo, phi = np.percentile(pred_z[mask], [2, 98])
+    panels = [("left DP view", left, None, None),
+              ("predicted depth (mm, own range)", np.where(mask, pred_z, np.nan), "magma", (plo, phi)),
+              ("ground-truth depth (mm)", np.where(mask, gt_z, np.nan), "magma", (lo, hi)),
+              ("predicted normals", np.where(mask[..., None], normals_to_rgb(result["normal"]), 1.0),
+               None, None),
               ("ground-truth normals", np.where(mask[..., None], normals_to_rgb(s["normal"].numpy()), 1.0),
-               None)]
+               None, None)]
     fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.4))
-    for ax, (title, image, cmap) in zip(axes, panels, strict=True):
-        im = ax.imshow(image, cmap=cmap, vmin=lo if cmap else None, vmax=hi if cmap else None)
+    for ax, (title, image, cmap, rng) in zip(axes, panels, strict=True):
+        im = ax.imshow(image, cmap=cmap, vmin=rng[0] if rng else None, vmax=rng[1] if rng else None)
         ax.set_title(title, fontsize=9)
         ax.axis("off")
         if cmap:
