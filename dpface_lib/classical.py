@@ -12,7 +12,8 @@ Learned DP methods (Garg et al., "Learning Single Camera Depth Estimation using 
 Wadhwa et al., "Synthetic Depth-of-Field with a Single-Camera Mobile Phone", SIGGRAPH 2018, which also
 starts from DP block matching) are measured against this kind of baseline.
 
-Depth is ``Z = a / (d - b)`` (mm) from :func:`dpface_lib.geometry.disparity_to_depth`.
+Depth is ``Z = a / (d - b)`` (mm), 0 where undefined
+(:func:`dpface_lib.models.blocks.depth_from_disparity`, as for the networks).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dpface_lib.geometry import disparity_to_depth
-from dpface_lib.models.blocks import shift_rows
+from dpface_lib.data import evenly_spaced
+from dpface_lib.models.blocks import depth_from_disparity, shift_rows
 
 __all__ = [
     "COST_KINDS",
@@ -171,10 +172,10 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _outputs(disparity: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """{"disparity": (B, H, W) px, "depth": (B, H, W) mm = a / (d - b)} with ``batch["a"], ["b"]`` (B,)."""
-    a = torch.as_tensor(batch["a"], dtype=disparity.dtype, device=disparity.device).reshape(-1)
-    b = torch.as_tensor(batch["b"], dtype=disparity.dtype, device=disparity.device).reshape(-1)
-    return {"disparity": disparity, "depth": disparity_to_depth(disparity, a, b)}
+    """{"disparity": (B, H, W) px, "depth": (B, H, W) mm = a / (d - b)} with ``batch["a"], ["b"]`` (B,); the
+    depth is 0 where undefined, as for every model (:func:`dpface_lib.models.blocks.depth_from_disparity`)."""
+    a, b = (torch.as_tensor(batch[k], dtype=disparity.dtype).reshape(-1) for k in ("a", "b"))
+    return {"disparity": disparity, "depth": depth_from_disparity(disparity, a, b)}
 
 
 class BlockMatcher(nn.Module):
@@ -194,7 +195,7 @@ class BlockMatcher(nn.Module):
         channel: ``None`` = grey (channel mean), else that channel of the images.
 
     ``forward(batch)`` reads ``left``, ``right`` (B, 3, H, W) and ``a``, ``b`` (B,) and returns
-    ``{"disparity": (B, H, W) px, "depth": (B, H, W) mm}`` (float32, NaN depth where ``d >= b``).
+    ``{"disparity": (B, H, W) px, "depth": (B, H, W) mm}`` (float32, depth 0 where ``d >= b``).
     """
 
     def __init__(self, min_disp: float = -3.0, max_disp: float = 4.0, step: float = 1.0, window: int = 15,
@@ -270,9 +271,7 @@ def best_constant(dataset: Iterable[Mapping[str, Any]], max_samples: int | None 
         raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
     if isinstance(dataset, Sized) and hasattr(dataset, "__getitem__"):
         count = len(dataset)
-        picked: Iterable[int] = range(count)
-        if max_samples is not None and max_samples < count:
-            picked = np.unique(np.linspace(0, count - 1, max_samples).round().astype(int)).tolist()
+        picked = evenly_spaced(count, count if max_samples is None else max_samples)
         samples: Iterable[Mapping[str, Any]] = (dataset[i] for i in picked)
     else:
         samples = itertools.islice(dataset, max_samples)

@@ -45,6 +45,7 @@ __all__ = [
     "BENCHMARK_CAMERA_AB",
     "DatasetError",
     "FaceDPDataset",
+    "evenly_spaced",
     "index",
     "parse_literal_array",
     "read_calibration",
@@ -539,6 +540,14 @@ def sample_to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
         "sample_id": sample["sample_id"],
     }
 
+
+
+def evenly_spaced(n: int, k: int) -> list[int]:
+    """``min(k, n)`` distinct indices spread evenly over ``range(n)`` (first and last included), e.g. a
+    fixed subset of a split for validation or a quick look: ``evenly_spaced(10, 4) == [0, 3, 6, 9]``."""
+    if n <= 0 or k <= 0:
+        return []
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, min(k, n))})
 
 class FaceDPDataset(Dataset):
     """Torch dataset over :func:`index` rows; items are :func:`sample_to_tensors` dicts passed through

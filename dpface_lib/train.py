@@ -49,13 +49,13 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from dpface_lib.data import evenly_spaced
 from dpface_lib.evaluate import batch_metrics
 from dpface_lib.losses import model_loss
 from dpface_lib.models import CONFIG_DIR, build_model, load_config, model_args
 
 __all__ = [
     "DEFAULTS", "AtomicCheckpointIO", "ConfigError", "DPFaceDataModule", "DPFaceModule", "cli",
-    "evenly_spaced",
     "load_checkpoint", "load_model", "training_config", "train_model",
 ]
 
@@ -204,13 +204,6 @@ def _seeded(seed: int) -> Iterator[None]:
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)  # noqa: NPY002
-
-
-def evenly_spaced(n: int, k: int) -> list[int]:
-    """``min(k, n)`` distinct indices spread evenly over ``range(n)`` (first and last included)."""
-    if n <= 0 or k <= 0:
-        return []
-    return sorted({int(round(i)) for i in np.linspace(0, n - 1, min(k, n))})
 
 
 class SeededSamples(Dataset):
@@ -412,15 +405,13 @@ class DPFaceModule(pl.LightningModule):
                                    "config": _plain(self.config)})
         terms = dict(getattr(self.model, "loss_terms", {"smooth_l1": 1.0}))
         lambdas = self.config["train"]["loss_lambdas"] or {}
-        if "smooth_l1" in terms:  # every disparity model may add Garg et al.'s affine-invariant term
-            terms.setdefault("affine_l1", 0.0)
-        unknown = sorted(set(lambdas) - set(terms))
+        # every disparity model may also use Garg et al.'s affine-invariant term
+        allowed = {*terms, *(("affine_l1",) if "smooth_l1" in terms else ())}
+        unknown = sorted(set(lambdas) - allowed)
         if unknown:
             raise ConfigError(f"train.loss_lambdas names {unknown}, but model {name!r} uses only "
-                              f"{sorted(terms)}")
-        self.loss_terms = {term: float(lambdas.get(term, lam)) for term, lam in terms.items()}
-        self.loss_terms = {term: lam for term, lam in self.loss_terms.items()
-                           if lam != 0.0 or term in lambdas}
+                              f"{sorted(allowed)}")
+        self.loss_terms = {term: float(lam) for term, lam in {**terms, **lambdas}.items()}
         self.loss_weights = list(getattr(self.model, "loss_weights", [1.0]))
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -277,7 +277,8 @@ def test_cli_trains_and_reports_bad_input(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_validation_subset_is_evenly_spaced(tmp_path: Path) -> None:
-    from dpface_lib.train import DPFaceDataModule, evenly_spaced
+    from dpface_lib.data import evenly_spaced
+    from dpface_lib.train import DPFaceDataModule
 
     assert evenly_spaced(10, 4) == [0, 3, 6, 9] and evenly_spaced(3, 8) == [0, 1, 2]
     assert evenly_spaced(0, 2) == []

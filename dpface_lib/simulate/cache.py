@@ -115,11 +115,11 @@ def cached_dataset(options: Mapping[str, Any], cache_dir: str | os.PathLike, *, 
 def _relief(root: Path, split: str, max_samples: int = 64) -> dict[str, float]:
     """Median over views of the face's 5th-95th percentile disparity span (px), for this set and for the
     same depth maps through the benchmark camera's calibrated ``a`` (its stored resolution)."""
-    from dpface_lib.data import FaceDPDataset
+    from dpface_lib.data import FaceDPDataset, evenly_spaced
     from dpface_lib.geometry import BENCHMARK_CAMERA_AB
 
     dataset = FaceDPDataset(root, split)
-    picks = np.unique(np.linspace(0, len(dataset) - 1, min(max_samples, len(dataset))).round().astype(int))
+    picks = evenly_spaced(len(dataset), max_samples)
     sim, bench, level = [], [], []
     for i in picks:
         s = dataset[int(i)]
