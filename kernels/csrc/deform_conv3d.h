@@ -93,14 +93,20 @@ DPFACE_HD bool trilinear_corners(scalar_t t, scalar_t h, scalar_t w, int64_t T, 
 }
 
 // Position of sampling point k of output voxel l (before adding the learned offset).
-template <typename scalar_t>
-DPFACE_HD void base_position(const DeformConv3dShape& s, int64_t k, int64_t l, scalar_t& t, scalar_t& h,
+// index_t is int64_t on the CPU; the CUDA kernels use int32 arithmetic when every index of the call fits.
+template <typename scalar_t, typename index_t>
+DPFACE_HD void base_position(const DeformConv3dShape& s, index_t k, index_t l, scalar_t& t, scalar_t& h,
                              scalar_t& w) {
-  const int64_t kt = k / (s.kH * s.kW), kh = (k / s.kW) % s.kH, kw = k % s.kW;
-  const int64_t ot = l / (s.oH * s.oW), oh = (l / s.oW) % s.oH, ow = l % s.oW;
-  t = static_cast<scalar_t>(ot * s.sT - s.pT + kt * s.dT);
-  h = static_cast<scalar_t>(oh * s.sH - s.pH + kh * s.dH);
-  w = static_cast<scalar_t>(ow * s.sW - s.pW + kw * s.dW);
+  const index_t kH = static_cast<index_t>(s.kH), kW = static_cast<index_t>(s.kW);
+  const index_t oH = static_cast<index_t>(s.oH), oW = static_cast<index_t>(s.oW);
+  const index_t kt = k / (kH * kW), kh = (k / kW) % kH, kw = k % kW;
+  const index_t ot = l / (oH * oW), oh = (l / oW) % oH, ow = l % oW;
+  t = static_cast<scalar_t>(ot * static_cast<index_t>(s.sT) - static_cast<index_t>(s.pT) +
+                            kt * static_cast<index_t>(s.dT));
+  h = static_cast<scalar_t>(oh * static_cast<index_t>(s.sH) - static_cast<index_t>(s.pH) +
+                            kh * static_cast<index_t>(s.dH));
+  w = static_cast<scalar_t>(ow * static_cast<index_t>(s.sW) - static_cast<index_t>(s.pW) +
+                            kw * static_cast<index_t>(s.dW));
 }
 
 // Validates arguments (dims, channel counts, dtypes, devices) and returns the call geometry.

@@ -111,7 +111,12 @@ def test_gradcheck(case, device):
     def fn(*ts):
         return call(dpface_kernels.deform_conv3d, {**p, **dict(zip(names, ts, strict=True))})
 
-    assert torch.autograd.gradcheck(fn, tensors, eps=1e-6, atol=1e-5, fast_mode=not full)
+    # The CUDA input gradient sums with atomic adds, whose order varies between runs: two backward passes may
+    # differ in the last bits, so gradcheck's reentrancy check gets a float64 round-off tolerance there.
+    nondet_tol = 1e-12 if device == "cuda" else 0.0
+    assert torch.autograd.gradcheck(
+        fn, tensors, eps=1e-6, atol=1e-5, fast_mode=not full, nondet_tol=nondet_tol
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
