@@ -1,6 +1,10 @@
 """Speed and memory of the compiled 3D deformable convolution against the pure-PyTorch reference (ANM shapes)
 and against torchvision's deform_conv2d on the same 2D work (kernel depth 1, volume depth 1).
 
+Rows: "compiled" keeps the forward's sampled columns for the weight gradient (dpface_kernels
+SAVE_COLUMNS_MAX_BYTES); "resampled" is the same op with saving off, so the backward samples them again.
+The "roofline" line compares the forward's achieved GFLOP/s with a plain torch.matmul of the same products.
+
 Prints, per case, the median wall time of a forward and of a forward+backward pass, the peak memory of one
 forward+backward, and the ratios reference / compiled and compiled / torchvision, all measured in one run.
 
@@ -78,8 +82,19 @@ def timed(forward: Callable, t: dict, backward: bool, repeats: int, device: str)
     return statistics.median(times)
 
 
+def run_resampled(t: dict, padding) -> torch.Tensor:
+    """The compiled op with column saving off: the backward samples the columns again."""
+    budget = dpface_kernels.SAVE_COLUMNS_MAX_BYTES
+    dpface_kernels.SAVE_COLUMNS_MAX_BYTES = 0
+    try:
+        return run_3d(dpface_kernels.deform_conv3d, t, padding)
+    finally:
+        dpface_kernels.SAVE_COLUMNS_MAX_BYTES = budget
+
+
 FORWARDS = {
     "compiled": lambda pad: lambda t: run_3d(dpface_kernels.deform_conv3d, t, pad),
+    "resampled": lambda pad: lambda t: run_resampled(t, pad),
     "reference": lambda pad: lambda t: run_3d(reference.deform_conv3d, t, pad),
     "torchvision": lambda pad: run_2d_torchvision,
 }
@@ -137,6 +152,28 @@ def measure(impl: str, shape: tuple, args) -> dict:
     return result
 
 
+def matmul_roofline(shape: tuple, device: str, repeats: int) -> tuple[float, float]:
+    """(GFLOP count, median seconds) of the forward's matrix products done by a plain torch.matmul: the
+    (O, C*K) weight times N (C*K, L) column blocks. This is the practical ceiling on this device: the
+    deformable forward does the same products plus the trilinear sampling."""
+    batch, c_in, c_out, depth, kd, h, w = shape
+    taps = kd * 9
+    length = depth * h * w
+    weight = torch.randn(c_out, c_in * taps, device=device)
+    columns = torch.randn(batch, c_in * taps, length, device=device)
+    times = []
+    for i in range(repeats + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        torch.matmul(weight, columns)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i > 0:
+            times.append(time.perf_counter() - start)
+    return 2 * batch * c_out * c_in * taps * length / 1e9, statistics.median(times)
+
+
 def report(title: str, shape: tuple, rows: dict, baseline: str, other: str, ratio_name: str) -> None:
     batch, c_in, c_out, depth, kd, h, w = shape
     print(f"\n{title}: input ({batch}, {c_in}, {depth}, {h}, {w}) -> {c_out} channels, kernel {kd}x3x3")
@@ -178,10 +215,16 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, c_in, c_out in (("ANM DCN1", 35, 64), ("ANM DCN2", 64, 64)):
         shape = (args.batch, c_in, c_out, 4, 3, h, w)
-        rows = {"compiled": measure("compiled", shape, args)}
+        rows = {"compiled": measure("compiled", shape, args), "resampled": measure("resampled", shape, args)}
         if args.reference:
             rows["reference"] = measure("reference", shape, args)
         report(name, shape, rows, "compiled", "reference", "reference / compiled")
+        gflop, matmul_s = matmul_roofline(shape, args.device, args.repeats)
+        achieved, ceiling = gflop / rows["compiled"]["fwd"], gflop / matmul_s
+        print(
+            f"  roofline: forward {achieved:.1f} GFLOP/s = {100 * achieved / ceiling:.0f}% of torch.matmul "
+            f"on the same products ({ceiling:.1f} GFLOP/s, {matmul_s * 1e3:.1f} ms; the rest is sampling)"
+        )
 
     # Same 2D work: the 4 depth slices folded into the batch, kernel depth 1.
     shape = (args.batch * 4, 64, 64, 1, 1, h, w)

@@ -15,6 +15,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -130,17 +131,18 @@ struct DeformConv3dKernels {
                            at::Tensor& grad_mask_n);
 };
 
-// Device-independent drivers: column buffer per batch element + grouped matrix products (ops.cpp).
-at::Tensor deform_conv3d_forward_impl(const DeformConv3dKernels& kernels, const at::Tensor& input,
-                                      const at::Tensor& offset, const at::Tensor& weight,
-                                      const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& mask,
-                                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                      int64_t groups, int64_t offset_groups);
+// Device-independent drivers: column buffer per batch element + grouped matrix products (ops.cpp). The forward
+// returns (output, columns), columns (N, C*K, L) when save_columns, else empty. The backward computes only the
+// gradients output_mask asks for (input; offset and mask; weight) and reuses `saved_columns` when given.
+std::tuple<at::Tensor, at::Tensor> deform_conv3d_forward_impl(
+    const DeformConv3dKernels& kernels, const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& mask, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t offset_groups, bool save_columns);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv3d_backward_impl(
     const DeformConv3dKernels& kernels, const at::Tensor& grad_output, const at::Tensor& input,
     const at::Tensor& offset, const at::Tensor& weight, const std::optional<at::Tensor>& mask,
-    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-    int64_t offset_groups);
+    const std::optional<at::Tensor>& saved_columns, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups, int64_t offset_groups, std::array<bool, 3> output_mask);
 
 }  // namespace dpface

@@ -275,22 +275,23 @@ void offset_mask_grad(const DeformConv3dShape& s, const at::Tensor& grad_columns
 
 const DeformConv3dKernels kCpuKernels{&im2col, &col2im, &offset_mask_grad};
 
-at::Tensor deform_conv3d_cpu(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
-                             const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& mask,
-                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                             int64_t groups, int64_t offset_groups) {
+std::tuple<at::Tensor, at::Tensor> deform_conv3d_cpu(
+    const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& mask, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+    int64_t groups, int64_t offset_groups, bool save_columns) {
   TORCH_CHECK(input.device().is_cpu(), "deform_conv3d (CPU kernel): input must be on the CPU");
-  return deform_conv3d_forward_impl(kCpuKernels, input, offset, weight, bias, mask, stride, padding, dilation,
-                                    groups, offset_groups);
+  return deform_conv3d_forward_impl(kCpuKernels, input, offset, weight, bias, mask, stride, padding, dilation, groups,
+                                    offset_groups, save_columns);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv3d_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
-    const std::optional<at::Tensor>& mask, at::IntArrayRef stride, at::IntArrayRef padding,
-    at::IntArrayRef dilation, int64_t groups, int64_t offset_groups) {
+    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& columns, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t offset_groups,
+    std::array<bool, 3> output_mask) {
   TORCH_CHECK(input.device().is_cpu(), "deform_conv3d_backward (CPU kernel): input must be on the CPU");
-  return deform_conv3d_backward_impl(kCpuKernels, grad_output, input, offset, weight, mask, stride, padding,
-                                     dilation, groups, offset_groups);
+  return deform_conv3d_backward_impl(kCpuKernels, grad_output, input, offset, weight, mask, columns, stride, padding,
+                                     dilation, groups, offset_groups, output_mask);
 }
 
 }  // namespace

@@ -219,24 +219,25 @@ void offset_mask_grad(const DeformConv3dShape& s, const at::Tensor& grad_columns
 
 const DeformConv3dKernels kCudaKernels{&im2col, &col2im, &offset_mask_grad};
 
-at::Tensor deform_conv3d_cuda(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
-                              const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& mask,
-                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                              int64_t groups, int64_t offset_groups) {
+std::tuple<at::Tensor, at::Tensor> deform_conv3d_cuda(
+    const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& mask, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+    int64_t groups, int64_t offset_groups, bool save_columns) {
   TORCH_CHECK(input.is_cuda(), "deform_conv3d (CUDA kernel): input must be on a CUDA device");
   const c10::cuda::CUDAGuard device_guard(input.device());
-  return deform_conv3d_forward_impl(kCudaKernels, input, offset, weight, bias, mask, stride, padding, dilation,
-                                    groups, offset_groups);
+  return deform_conv3d_forward_impl(kCudaKernels, input, offset, weight, bias, mask, stride, padding, dilation, groups,
+                                    offset_groups, save_columns);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv3d_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
-    const std::optional<at::Tensor>& mask, at::IntArrayRef stride, at::IntArrayRef padding,
-    at::IntArrayRef dilation, int64_t groups, int64_t offset_groups) {
+    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& columns, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t offset_groups,
+    std::array<bool, 3> output_mask) {
   TORCH_CHECK(input.is_cuda(), "deform_conv3d_backward (CUDA kernel): input must be on a CUDA device");
   const c10::cuda::CUDAGuard device_guard(input.device());
-  return deform_conv3d_backward_impl(kCudaKernels, grad_output, input, offset, weight, mask, stride, padding,
-                                     dilation, groups, offset_groups);
+  return deform_conv3d_backward_impl(kCudaKernels, grad_output, input, offset, weight, mask, columns, stride, padding,
+                                     dilation, groups, offset_groups, output_mask);
 }
 
 }  // namespace

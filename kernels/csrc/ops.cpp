@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <array>
+
 #include "deform_conv3d.h"
 
 extern "C" {
@@ -94,83 +96,110 @@ DeformConv3dShape deform_conv3d_shape(const at::Tensor& input, const at::Tensor&
   return s;
 }
 
-at::Tensor deform_conv3d_forward_impl(const DeformConv3dKernels& kernels, const at::Tensor& input,
-                                      const at::Tensor& offset, const at::Tensor& weight,
-                                      const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& mask,
-                                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                      int64_t groups, int64_t offset_groups) {
+std::tuple<at::Tensor, at::Tensor> deform_conv3d_forward_impl(
+    const DeformConv3dKernels& kernels, const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& mask, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t offset_groups, bool save_columns) {
   const DeformConv3dShape s =
       deform_conv3d_shape(input, offset, weight, mask, stride, padding, dilation, groups, offset_groups);
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == s.O, "deform_conv3d: bias must be (", s.O, "), got ",
+                bias->sizes());
+  }
   const at::Tensor x = input.contiguous();
   const at::Tensor off = offset.contiguous();
   const at::Tensor m = mask.has_value() ? mask->contiguous() : at::Tensor();
   const int64_t cols_per_group = (s.C / groups) * s.K;
   const at::Tensor w = weight.contiguous().view({groups, s.O / groups, cols_per_group});
   at::Tensor output = at::empty({s.N, s.O, s.oT, s.oH, s.oW}, x.options());
-  at::Tensor columns = at::empty({s.C * s.K, s.L}, x.options());
+  // Saved: one (C*K, L) block per batch element, kept for the weight gradient. Otherwise one scratch block.
+  at::Tensor columns = at::empty({save_columns ? s.N : 1, s.C * s.K, s.L}, x.options());
   for (int64_t n = 0; n < s.N; ++n) {
-    kernels.im2col(s, x[n], off[n], m.defined() ? m[n] : at::Tensor(), columns);
+    at::Tensor columns_n = columns[save_columns ? n : 0];
+    kernels.im2col(s, x[n], off[n], m.defined() ? m[n] : at::Tensor(), columns_n);
     at::Tensor out_n = output[n].view({groups, s.O / groups, s.L});
-    at::bmm_out(out_n, w, columns.view({groups, cols_per_group, s.L}));
+    at::bmm_out(out_n, w, columns_n.view({groups, cols_per_group, s.L}));
   }
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == s.O, "deform_conv3d: bias must be (", s.O, "), got ",
-                bias->sizes());
-    output.add_(bias->view({1, s.O, 1, 1, 1}));
-  }
-  return output;
+  if (bias.has_value()) output.add_(bias->view({1, s.O, 1, 1, 1}));
+  return {output, save_columns ? columns : at::empty({0}, x.options())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv3d_backward_impl(
     const DeformConv3dKernels& kernels, const at::Tensor& grad_output, const at::Tensor& input,
     const at::Tensor& offset, const at::Tensor& weight, const std::optional<at::Tensor>& mask,
-    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-    int64_t offset_groups) {
+    const std::optional<at::Tensor>& saved_columns, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups, int64_t offset_groups, std::array<bool, 3> output_mask) {
   const DeformConv3dShape s =
       deform_conv3d_shape(input, offset, weight, mask, stride, padding, dilation, groups, offset_groups);
   TORCH_CHECK(grad_output.dim() == 5 && grad_output.size(0) == s.N && grad_output.size(1) == s.O &&
                   grad_output.size(2) == s.oT && grad_output.size(3) == s.oH && grad_output.size(4) == s.oW,
               "deform_conv3d_backward: grad_output has shape ", grad_output.sizes(), ", expected (", s.N, ", ",
               s.O, ", ", s.oT, ", ", s.oH, ", ", s.oW, ")");
+  const bool saved = saved_columns.has_value() && saved_columns->numel() > 0;
+  if (saved) {
+    TORCH_CHECK(saved_columns->dim() == 3 && saved_columns->size(0) == s.N &&
+                    saved_columns->size(1) == s.C * s.K && saved_columns->size(2) == s.L &&
+                    saved_columns->scalar_type() == input.scalar_type(),
+                "deform_conv3d_backward: saved columns must be (", s.N, ", ", s.C * s.K, ", ", s.L,
+                ") of the input's dtype, got ", saved_columns->sizes());
+  }
+  const auto [need_input, need_offset_mask, need_weight] = output_mask;
   const at::Tensor go = grad_output.contiguous().to(input.scalar_type());
   const at::Tensor x = input.contiguous();
   const at::Tensor off = offset.contiguous();
   const at::Tensor m = mask.has_value() ? mask->contiguous() : at::Tensor();
+  const at::Tensor cols = saved ? saved_columns->contiguous() : at::Tensor();
   const int64_t cols_per_group = (s.C / groups) * s.K;
   const at::Tensor w_t = weight.contiguous().view({groups, s.O / groups, cols_per_group}).transpose(1, 2);
+  const at::Tensor none = at::empty({0}, x.options());
 
-  at::Tensor grad_input = at::zeros_like(x);
-  at::Tensor grad_offset = at::empty_like(off);
-  at::Tensor grad_mask = m.defined() ? at::empty_like(m) : at::empty({0}, x.options());
-  at::Tensor grad_weight = at::zeros({groups, s.O / groups, cols_per_group}, x.options());
-  at::Tensor columns = at::empty({s.C * s.K, s.L}, x.options());
-  at::Tensor grad_columns = at::empty({s.C * s.K, s.L}, x.options());
+  at::Tensor grad_input = need_input ? at::zeros_like(x) : none;
+  at::Tensor grad_offset = need_offset_mask ? at::empty_like(off) : none;
+  at::Tensor grad_mask = (need_offset_mask && m.defined()) ? at::empty_like(m) : none;
+  at::Tensor grad_weight = need_weight ? at::zeros({groups, s.O / groups, cols_per_group}, x.options()) : none;
+  const bool need_grad_columns = need_input || need_offset_mask;
+  at::Tensor grad_columns = need_grad_columns ? at::empty({s.C * s.K, s.L}, x.options()) : none;
+  at::Tensor columns = (need_weight && !saved) ? at::empty({s.C * s.K, s.L}, x.options()) : none;
   for (int64_t n = 0; n < s.N; ++n) {
     const at::Tensor go_n = go[n].view({groups, s.O / groups, s.L});
-    at::Tensor grad_columns_g = grad_columns.view({groups, cols_per_group, s.L});
-    at::bmm_out(grad_columns_g, w_t, go_n);
     const at::Tensor m_n = m.defined() ? m[n] : at::Tensor();
-    at::Tensor grad_input_n = grad_input[n];
-    at::Tensor grad_offset_n = grad_offset[n];
-    at::Tensor grad_mask_n = m.defined() ? grad_mask[n] : at::Tensor();
-    kernels.col2im(s, grad_columns, off[n], m_n, grad_input_n);
-    kernels.offset_mask_grad(s, grad_columns, x[n], off[n], m_n, grad_offset_n, grad_mask_n);
-    kernels.im2col(s, x[n], off[n], m_n, columns);
-    grad_weight.baddbmm_(go_n, columns.view({groups, cols_per_group, s.L}).transpose(1, 2));
+    if (need_grad_columns) {
+      at::Tensor grad_columns_g = grad_columns.view({groups, cols_per_group, s.L});
+      at::bmm_out(grad_columns_g, w_t, go_n);
+    }
+    if (need_input) {
+      at::Tensor grad_input_n = grad_input[n];
+      kernels.col2im(s, grad_columns, off[n], m_n, grad_input_n);
+    }
+    if (need_offset_mask) {
+      at::Tensor grad_offset_n = grad_offset[n];
+      at::Tensor grad_mask_n = m.defined() ? grad_mask[n] : at::Tensor();
+      kernels.offset_mask_grad(s, grad_columns, x[n], off[n], m_n, grad_offset_n, grad_mask_n);
+    }
+    if (need_weight) {
+      at::Tensor columns_n = saved ? cols[n] : columns;
+      if (!saved) kernels.im2col(s, x[n], off[n], m_n, columns_n);
+      grad_weight.baddbmm_(go_n, columns_n.view({groups, cols_per_group, s.L}).transpose(1, 2));
+    }
   }
-  return {grad_input, grad_offset, grad_weight.view(weight.sizes()), grad_mask};
+  return {grad_input, grad_offset, need_weight ? grad_weight.view(weight.sizes()) : none, grad_mask};
 }
 
 TORCH_LIBRARY(dpface, m) {
+  // Returns (output, columns). With save_columns the sampled columns (N, C*K, L) come back for the backward's
+  // weight gradient (no second sampling pass); otherwise columns is empty (shape [0]).
   m.def(
       "deform_conv3d(Tensor input, Tensor offset, Tensor weight, Tensor? bias, Tensor? mask, int[3] stride, "
-      "int[3] padding, int[3] dilation, int groups, int offset_groups) -> Tensor");
-  // Returns (grad_input, grad_offset, grad_weight, grad_mask); grad_mask is empty (shape [0]) without a mask.
-  // The bias gradient is the sum of grad_output and is formed by the caller.
+      "int[3] padding, int[3] dilation, int groups, int offset_groups, bool save_columns=False) "
+      "-> (Tensor, Tensor)");
+  // Returns (grad_input, grad_offset, grad_weight, grad_mask). output_mask = (input, offset and mask, weight)
+  // says which are wanted; the others, and grad_mask without a mask, are empty (shape [0]). `columns` are the
+  // forward's saved columns, or None/empty to resample them. The bias gradient is the sum of grad_output and
+  // is formed by the caller.
   m.def(
       "deform_conv3d_backward(Tensor grad_output, Tensor input, Tensor offset, Tensor weight, Tensor? mask, "
-      "int[3] stride, int[3] padding, int[3] dilation, int groups, int offset_groups) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? columns, int[3] stride, int[3] padding, int[3] dilation, int groups, int offset_groups, "
+      "bool[3] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 }  // namespace dpface

@@ -10,6 +10,8 @@ after one warning.
 
 from __future__ import annotations
 
+import math
+import os
 import warnings
 
 import torch
@@ -25,7 +27,7 @@ except (ImportError, OSError) as _error:  # not built, or built against another 
 else:
     _LOAD_ERROR = None
 
-__all__ = ["deform_conv3d", "has_compiled", "has_cuda", "reference"]
+__all__ = ["SAVE_COLUMNS_MAX_BYTES", "column_bytes", "deform_conv3d", "has_compiled", "has_cuda", "reference"]
 
 _warned_fallback = False
 
@@ -92,14 +94,38 @@ def deform_conv3d(
     if input.is_cuda and not has_cuda():
         _warn_fallback("the compiled library was built without CUDA kernels")
         return reference.deform_conv3d(input, offset, weight, bias, mask, *args)
-    return torch.ops.dpface.deform_conv3d(input, offset, weight, bias, mask, *args)
+    save = _save_columns(input, offset, weight, bias, mask, args)
+    return torch.ops.dpface.deform_conv3d(input, offset, weight, bias, mask, *args, save)[0]
+
+
+#: Largest column buffer (bytes) that the forward keeps for the backward's weight gradient; larger ones are
+#: sampled again in the backward. Environment variable DPFACE_SAVE_COLUMNS_MAX_MB overrides it (0 = never).
+SAVE_COLUMNS_MAX_BYTES = int(float(os.environ.get("DPFACE_SAVE_COLUMNS_MAX_MB", "1024")) * 2**20)
+
+
+def column_bytes(input: torch.Tensor, weight: torch.Tensor, args: tuple) -> int:
+    """Bytes of the (N, C*kT*kH*kW, T'*H'*W') columns of one call.
+
+    ``args`` = (stride, padding, dilation, ...) as triples."""
+    stride, padding, dilation = args[:3]
+    out = reference.output_size(tuple(input.shape[2:]), tuple(weight.shape[2:]), stride, padding, dilation)
+    taps = weight.shape[2] * weight.shape[3] * weight.shape[4]
+    return input.shape[0] * input.shape[1] * taps * math.prod(out) * input.element_size()
+
+
+def _save_columns(input, offset, weight, bias, mask, args) -> bool:
+    """Keep the forward's columns when a weight gradient will be needed and they fit the budget."""
+    if not (torch.is_grad_enabled() and weight.requires_grad):
+        return False
+    return column_bytes(input, weight, args) <= SAVE_COLUMNS_MAX_BYTES
 
 
 if _C is not None:
 
     @torch.library.register_fake("dpface::deform_conv3d")
     def _deform_conv3d_fake(
-        input, offset, weight, bias, mask, stride, padding, dilation, groups, offset_groups
+        input, offset, weight, bias, mask, stride, padding, dilation, groups, offset_groups,
+        save_columns=False,
     ):
         torch._check(
             input.dim() == 5 and weight.dim() == 5, lambda: "deform_conv3d: input/weight must be 5-D"
@@ -111,34 +137,54 @@ if _C is not None:
         out = reference.output_size(
             tuple(input.shape[2:]), tuple(weight.shape[2:]), stride, padding, dilation
         )
-        return input.new_empty((input.shape[0], weight.shape[0], *out))
+        taps = weight.shape[2] * weight.shape[3] * weight.shape[4]
+        columns_shape = (input.shape[0], input.shape[1] * taps, math.prod(out)) if save_columns else (0,)
+        return input.new_empty((input.shape[0], weight.shape[0], *out)), input.new_empty(columns_shape)
 
     @torch.library.register_fake("dpface::deform_conv3d_backward")
     def _deform_conv3d_backward_fake(
-        grad_output, input, offset, weight, mask, stride, padding, dilation, groups, offset_groups
+        grad_output, input, offset, weight, mask, columns, stride, padding, dilation, groups, offset_groups,
+        output_mask,
     ):
-        grad_mask = torch.empty_like(mask) if mask is not None else input.new_empty((0,))
-        return torch.empty_like(input), torch.empty_like(offset), torch.empty_like(weight), grad_mask
+        need_input, need_offset_mask, need_weight = output_mask
+        none = input.new_empty((0,))
+        return (
+            torch.empty_like(input) if need_input else none,
+            torch.empty_like(offset) if need_offset_mask else none,
+            torch.empty_like(weight) if need_weight else none,
+            torch.empty_like(mask) if (need_offset_mask and mask is not None) else none,
+        )
 
     def _setup_context(ctx, inputs, output):
-        input, offset, weight, bias, mask, stride, padding, dilation, groups, offset_groups = inputs
-        ctx.save_for_backward(input, offset, weight, mask)
+        input, offset, weight, bias, mask, stride, padding, dilation, groups, offset_groups, _save = inputs
+        columns = output[1]
+        ctx.mark_non_differentiable(columns)
+        ctx.set_materialize_grads(False)  # else autograd allocates a zero gradient as large as the columns
+        ctx.save_for_backward(input, offset, weight, mask, columns)
         ctx.params = (stride, padding, dilation, groups, offset_groups)
         ctx.has_bias = bias is not None
         ctx.has_mask = mask is not None
 
-    def _backward(ctx, grad_output):
-        input, offset, weight, mask = ctx.saved_tensors
-        grad_input, grad_offset, grad_weight, grad_mask = torch.ops.dpface.deform_conv3d_backward(
-            grad_output, input, offset, weight, mask, *ctx.params
-        )
-        grad_bias = grad_output.sum((0, 2, 3, 4)) if ctx.has_bias else None
+    def _backward(ctx, grad_output, _grad_columns):
+        input, offset, weight, mask, columns = ctx.saved_tensors
+        if grad_output is None:  # only possible without materialised gradients: nothing flows back
+            return (None,) * 11
+        need = ctx.needs_input_grad  # (input, offset, weight, bias, mask, ...)
+        output_mask = [need[0], need[1] or need[4], need[2]]
+        grads = (None, None, None, None)
+        if any(output_mask):
+            grads = torch.ops.dpface.deform_conv3d_backward(
+                grad_output, input, offset, weight, mask, columns, *ctx.params, output_mask
+            )
+        grad_input, grad_offset, grad_weight, grad_mask = grads
+        grad_bias = grad_output.sum((0, 2, 3, 4)) if ctx.has_bias and need[3] else None
         return (
-            grad_input,
-            grad_offset,
-            grad_weight,
+            grad_input if need[0] else None,
+            grad_offset if need[1] else None,
+            grad_weight if need[2] else None,
             grad_bias,
-            grad_mask if ctx.has_mask else None,
+            grad_mask if ctx.has_mask and need[4] else None,
+            None,
             None,
             None,
             None,

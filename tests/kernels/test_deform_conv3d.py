@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 def op(input, offset, weight, bias, mask, stride, padding, dilation, groups, offset_groups):
     return torch.ops.dpface.deform_conv3d(
         input, offset, weight, bias, mask, list(stride), list(padding), list(dilation), groups, offset_groups
-    )
+    )[0]
 
 
 def op_args(p: dict) -> tuple:
@@ -55,14 +55,90 @@ OPCHECK_CASES = {
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("save_columns", [False, True])
 @pytest.mark.parametrize("case", OPCHECK_CASES)
-def test_opcheck(case, device):
+def test_opcheck(case, save_columns, device):
     skip_without_cuda_kernels(device)
     p = make_problem(n=1, c=4, o=4, size=(3, 4, 4), device=device, **OPCHECK_CASES[case])
     for name in ("input", "offset", "weight", "bias", "mask"):
         if p[name] is not None:
             p[name].requires_grad_()
-    torch.library.opcheck(torch.ops.dpface.deform_conv3d.default, op_args(p))
+    torch.library.opcheck(torch.ops.dpface.deform_conv3d.default, (*op_args(p), save_columns))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_saved_columns_are_the_reference_samples_and_give_the_same_gradients(device):
+    """The forward's saved columns equal the oracle's sampled columns (modulation applied), and a backward
+    that reuses them gives the gradients of one that samples again, to the bit."""
+    skip_without_cuda_kernels(device)
+    p = make_problem(n=2, c=4, o=6, offset_scale=2.0, device=device)
+    args = op_args(p)
+    out, columns = torch.ops.dpface.deform_conv3d(*args, True)
+    plain, empty = torch.ops.dpface.deform_conv3d(*args, False)
+    assert empty.numel() == 0 and columns.shape == (2, 4 * 27, 3 * 4 * 5)
+    torch.testing.assert_close(out, plain, rtol=0, atol=0)
+    sampled = reference.sample_columns(
+        p["input"], p["offset"], p["mask"], (3, 3, 3), p["stride"], p["padding"], p["dilation"], 1
+    )
+    torch.testing.assert_close(columns, sampled.reshape(columns.shape))
+    grad_out = torch.randn_like(out)
+    geometry = args[5:]
+    reused = torch.ops.dpface.deform_conv3d_backward(
+        grad_out, p["input"], p["offset"], p["weight"], p["mask"], columns, *geometry, [True, True, True]
+    )
+    resampled = torch.ops.dpface.deform_conv3d_backward(
+        grad_out, p["input"], p["offset"], p["weight"], p["mask"], None, *geometry, [True, True, True]
+    )
+    for got, want in zip(reused, resampled, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("wanted", ["input", "offset", "weight", "mask", "offset_and_weight"])
+def test_only_the_wanted_gradients_are_computed(wanted, device):
+    """Leaves without requires_grad get no gradient, and the op skips their passes (empty results); the
+    gradients that are computed equal those of a full backward."""
+    skip_without_cuda_kernels(device)
+    p = make_problem(n=2, c=4, o=4, device=device)
+    names = ("input", "offset", "weight", "mask")
+    want = set(wanted.split("_and_"))
+    full = dict(zip(names, torch.ops.dpface.deform_conv3d_backward(
+        torch.ones(2, 4, 3, 4, 5, dtype=torch.float64, device=device),
+        p["input"], p["offset"], p["weight"], p["mask"], None, *op_args(p)[5:], [True, True, True],
+    ), strict=True))  # fmt: skip
+    ts = {k: p[k].detach().clone().requires_grad_(k in want) for k in names}
+    y = dpface_kernels.deform_conv3d(
+        ts["input"], ts["offset"], ts["weight"], None, ts["mask"], p["stride"], p["padding"], p["dilation"]
+    )
+    y.sum().backward()
+    for name in names:
+        if name in want:
+            torch.testing.assert_close(ts[name].grad, full[name], msg=name)
+        else:
+            assert ts[name].grad is None, name
+    mask = [("input" in want), bool(want & {"offset", "mask"}), ("weight" in want)]
+    partial = torch.ops.dpface.deform_conv3d_backward(
+        torch.ones_like(y), p["input"], p["offset"], p["weight"], p["mask"], None, *op_args(p)[5:], mask
+    )
+    wanted_outputs = [mask[0], mask[1], mask[2], mask[1]]
+    for name, result, expected in zip(names, partial, wanted_outputs, strict=True):
+        assert (result.numel() > 0) == expected, name
+
+
+def test_column_budget_decides_saving(monkeypatch):
+    """Columns are kept only while a weight gradient is wanted and they fit SAVE_COLUMNS_MAX_BYTES."""
+    p = make_problem(n=2, c=4, o=4, dtype=torch.float32)
+    args = op_args(p)[5:]
+    expected_bytes = 2 * 4 * 27 * 60 * 4
+    assert dpface_kernels.column_bytes(p["input"], p["weight"], args) == expected_bytes
+    weight = p["weight"].clone().requires_grad_()
+    save = dpface_kernels._save_columns
+    assert save(p["input"], p["offset"], weight, None, None, args)
+    assert not save(p["input"], p["offset"], p["weight"], None, None, args)  # no weight gradient
+    with torch.no_grad():
+        assert not save(p["input"], p["offset"], weight, None, None, args)
+    monkeypatch.setattr(dpface_kernels, "SAVE_COLUMNS_MAX_BYTES", expected_bytes - 1)
+    assert not save(p["input"], p["offset"], weight, None, None, args)
 
 
 @pytest.mark.parametrize("device", DEVICES)
