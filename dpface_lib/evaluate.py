@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,104 +33,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dpface_lib.checkpoint import CheckpointError, load_model
 from dpface_lib.fileio import atomic_write
-from dpface_lib.metrics import (
-    AFFINE_KEYS,
-    DEPTH_KEYS,
-    NORMAL_KEYS,
-    affine_invariant_metrics,
-    depth_metrics,
-    normal_metrics,
-)
+from dpface_lib.metrics import METRIC_KEYS, EvaluationError, batch_metrics
 
-METRIC_KEYS = (*AFFINE_KEYS, *DEPTH_KEYS, *NORMAL_KEYS, "invalid_depth")
 ID_KEYS = ("sample_id", "group", "person", "camidx", "lightidx", "viewidx", "expression", "position",
            "direction")
-DESCRIPTOR_KEYS = ("valid_px", "depth_mean_mm", "depth_range_mm", "texture")
 #: lower-is-better metrics; the others (delta*, within_*) are higher-is-better.
 HIGHER_IS_BETTER = ("delta1", "delta2", "delta3", "within_11_25", "within_22_5", "within_30")
-DEPTH_RANGE_MM = (1.0, 1e5)
-
-
-class EvaluationError(ValueError):
-    """Predictions or a checkpoint that cannot be evaluated; the message names the file or sample."""
-
-
-# ------------------------------------------------------------------------------------------ per batch
-def batch_metrics(output: Mapping[str, torch.Tensor], batch: Mapping[str, Any], *,
-                  allow_empty: bool = False) -> dict[str, Any]:
-    """Every metric for a batch: ``output`` as a model returns it, ``batch`` the (collated) dataset dict.
-
-    Args:
-        output: ``disparity`` (B, H, W) px and/or ``depth`` (B, H, W) mm, optional ``normal`` (B, 3, H, W).
-        batch: needs ``disparity``, ``depth``, ``mask`` (B, H, W), ``a``, ``b`` (B,), and ``normal``
-            (B, 3, H, W) when normals are predicted; ``lrsum`` (B, 3, H, W) for the texture descriptor.
-
-        allow_empty: give NaN metrics for samples without valid pixels instead of raising (training
-            validation on random crops).
-
-    Returns: dict of (B,) float64 tensors for :data:`METRIC_KEYS` and :data:`DESCRIPTOR_KEYS`, plus
-    ``affine_space`` (a list of B strings).
-    """
-    mask = batch["mask"].bool()
-    size = tuple(mask.shape)
-    for key in ("disparity", "depth", "normal"):
-        if key in output and tuple(output[key].shape[-2:]) != size[-2:]:
-            raise EvaluationError(f"predicted {key} has shape {tuple(output[key].shape)}, "
-                                  f"ground truth {size}")
-    if "disparity" not in output and "depth" not in output:
-        raise EvaluationError(f"prediction has neither 'disparity' nor 'depth' (keys: {sorted(output)})")
-    device = mask.device
-    a = torch.as_tensor(batch["a"], device=device).to(torch.float64).reshape(-1, 1, 1)
-    b = torch.as_tensor(batch["b"], device=device).to(torch.float64).reshape(-1, 1, 1)
-    gt_depth = batch["depth"].to(torch.float64)
-    low, high = DEPTH_RANGE_MM
-    if "depth" in output:
-        pred_depth = output["depth"].detach().to(torch.float64)
-    else:
-        d = output["disparity"].detach().to(torch.float64)
-        pred_depth = a / (d - b)  # Z = a / (d - b); d == b -> +-inf, clipped by depth_metrics
-    invalid = mask & ~(torch.isfinite(pred_depth) & (pred_depth > 0))
-    if "disparity" in output:
-        space = "disparity"
-        affine = affine_invariant_metrics(output["disparity"].detach(), batch["disparity"], mask,
-                                          allow_empty=allow_empty)
-    else:
-        space = "inverse_depth"
-        clipped = torch.nan_to_num(pred_depth, nan=high, posinf=high, neginf=low).clamp(low, high)
-        z_far = torch.where(mask, gt_depth, 0.0).flatten(1).amax(1).reshape(-1, 1, 1)
-        gt_inverse = torch.where(mask, z_far / gt_depth.clamp_min(low), 0.0)
-        affine = affine_invariant_metrics(1.0 / clipped, gt_inverse, mask, allow_empty=allow_empty)
-    values = dict(affine)
-    values |= depth_metrics(pred_depth, gt_depth, mask, depth_range_mm=DEPTH_RANGE_MM,
-                            allow_empty=allow_empty)
-    n_valid = mask.flatten(1).sum(1).to(torch.float64)
-    values["invalid_depth"] = invalid.flatten(1).sum(1) / n_valid.clamp_min(1)
-    if "normal" in output:
-        values |= normal_metrics(output["normal"].detach(), batch["normal"], mask, allow_empty=allow_empty)
-    else:
-        values |= {key: torch.full_like(n_valid, float("nan")) for key in NORMAL_KEYS}
-    values |= _descriptors(batch, mask, gt_depth, n_valid)
-    values["affine_space"] = [space] * len(n_valid)
-    return values
-
-
-def _descriptors(batch: dict[str, Any], mask: torch.Tensor, gt_depth: torch.Tensor, n_valid: torch.Tensor):
-    """Per-sample ground-truth descriptors: valid pixel count, mean depth (mm), depth range p98 - p2 (mm),
-    texture = mean gradient magnitude of the grey LR-sum image inside the mask (intensity per px)."""
-    depth_nan = torch.where(mask, gt_depth, float("nan")).flatten(1)
-    p02, p98 = torch.nanquantile(depth_nan, torch.tensor([0.02, 0.98], dtype=torch.float64,
-                                                         device=mask.device), dim=1)
-    out = {"valid_px": n_valid, "depth_mean_mm": torch.nanmean(depth_nan, 1), "depth_range_mm": p98 - p02}
-    if "lrsum" in batch:
-        grey = batch["lrsum"].to(torch.float64).mean(1)
-        gy, gx = grey[:, 1:, :-1] - grey[:, :-1, :-1], grey[:, :-1, 1:] - grey[:, :-1, :-1]
-        inner = (mask[:, 1:, :-1] & mask[:, :-1, 1:] & mask[:, :-1, :-1]).to(torch.float64)
-        grad = (gx**2 + gy**2).sqrt()
-        out["texture"] = (inner * grad).flatten(1).sum(1) / inner.flatten(1).sum(1).clamp_min(1)
-    else:
-        out["texture"] = torch.full_like(n_valid, float("nan"))
-    return out
 
 
 def _rows(values: dict[str, Any], batch: dict[str, Any]) -> list[dict[str, Any]]:
@@ -223,13 +133,7 @@ def load_prediction(pred_dir: str | Path, sample: dict[str, Any]) -> dict[str, n
 def evaluate_checkpoint(checkpoint: str | Path, root: str | Path, split: str, *, name: str | None = None,
                         batch_size: int = 1, device: str = "cpu", save_dir: str | Path | None = None,
                         progress: bool = False) -> pd.DataFrame:
-    """Load ``checkpoint`` with ``dpface_lib.train.load_model`` and evaluate it on ``root``/``split``."""
-    try:
-        from dpface_lib.train import load_model
-    except ImportError as exc:
-        raise EvaluationError("evaluating a checkpoint needs dpface_lib.train.load_model, which cannot be "
-                              f"imported here ({exc}); evaluate saved predictions with --predictions"
-                              ) from exc
+    """Load ``checkpoint`` (:func:`dpface_lib.checkpoint.load_model`); evaluate it on ``root``/``split``."""
     from dpface_lib.data import FaceDPDataset
 
     checkpoint = Path(checkpoint)
@@ -368,7 +272,7 @@ def cli(argv: list[str] | None = None) -> int:
     """``dpface eval``: evaluate a checkpoint or a predictions folder over a split -> tables in ``--out``."""
     parser = argparse.ArgumentParser(prog="dpface eval", description=cli.__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="model checkpoint (dpface_lib.train.load_model)")
+    source.add_argument("--checkpoint", type=Path, help="model checkpoint (dpface_lib.checkpoint.load_model)")
     source.add_argument("--predictions", type=Path, help="folder of <sample_id>.npz predictions")
     parser.add_argument("--data-root", type=Path, default=None, help="dataset root (default: data_samples/)")
     parser.add_argument("--split", default="test", help="split file name without .txt (default: test)")
@@ -392,7 +296,7 @@ def cli(argv: list[str] | None = None) -> int:
         else:
             frame = evaluate_predictions(args.predictions, FaceDPDataset(root, args.split), name=args.name,
                                          progress=True)
-    except (EvaluationError, DatasetError) as exc:
+    except (EvaluationError, DatasetError, CheckpointError) as exc:
         print(f"dpface eval: {exc}", file=sys.stderr)
         return 2
     paths = write_tables(frame, args.out)

@@ -24,12 +24,14 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], *, suffix: str = "") -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], *, suffix: str = "",
+                 durable: bool = False) -> None:
     """Create ``path`` by calling ``write(tmp)`` on a temporary path in the same folder, then renaming.
 
     ``suffix`` is appended to the temporary name for writers that insist on an extension (e.g.
     ``np.savez_compressed`` adds ``.npz`` unless the name ends with it). Parent folders are created.
-    The file gets the usual umask-based mode (``mkstemp`` would leave it 0600).
+    The file gets the usual umask-based mode (``mkstemp`` would leave it 0600). ``durable`` also fsyncs the
+    file before the rename (checkpoints: the new name never points at data still in the page cache).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,6 +39,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], *, suffix
     os.close(fd)
     try:
         write(tmp)
+        if durable:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:

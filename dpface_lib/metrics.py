@@ -1,18 +1,20 @@
 """Evaluation metrics: affine-invariant (disparity / inverse depth), absolute depth (mm) and normals (deg).
 
-Every metric takes either numpy arrays of one sample, ``(H, W)`` -> a dict of Python floats (a stack
-``(B, H, W)`` -> a dict of ``(B,)`` arrays, computed one sample at a time), or torch tensors ``(B, H, W)``
-(or ``(H, W)``) -> a dict of ``(B,)`` (or 0-d) float64 tensors, computed for the whole batch at once
-(no Python loop over samples; usable on any device). If any argument is a tensor the torch path is
-taken and the others are moved to the prediction's device. Both paths compute in float64 and are
-written independently, so each checks the other.
+One implementation per metric, in torch (float64, any device). Inputs may be numpy arrays or tensors of one
+sample ``(H, W)`` or a batch ``(B, H, W)``: numpy in gives numpy out (floats for one sample, ``(B,)`` arrays
+for a batch), tensors in give float64 tensors out (0-d or ``(B,)``, on the prediction's device). Each sample
+is reduced to its valid pixels first and the metric works on those only, which keeps the CPU path as fast
+as a numpy loop and the GPU path on the device. Independent numpy oracles live in ``tests/``.
 
 Pixels and samples
-- Only pixels with a positive weight / true mask count; values outside may be anything (NaN included).
-- Inside the mask, ground truth and prediction must be finite, else ``ValueError`` names the sample;
-  ``depth_metrics`` instead drops missing ground truth (non-finite, or below its near limit, e.g. 0) and
-  clips predictions (see there), because a predicted depth ``a / (d - b)`` is legitimately non-finite.
-- A sample with no valid pixel raises ``ValueError("... sample i ...")``; with ``allow_empty=True``
+- Only pixels with a positive weight / true mask count; values outside may be anything (NaN included),
+  except for the reference Spearman convention, which ranks every pixel (see
+  :func:`affine_invariant_metrics`).
+- Inside the mask, ground truth and prediction must be finite, else :class:`EvaluationError` names the
+  sample; ``depth_metrics`` instead drops missing ground truth (non-finite, or below its near limit, e.g.
+  0) and clips predictions (see there), because a predicted depth ``a / (d - b)`` is legitimately
+  non-finite.
+- A sample with no valid pixel raises ``EvaluationError("... sample i ...")``; with ``allow_empty=True``
   its metrics are NaN instead (and only then can a NaN appear).
 
 Sources: Garg et al., "Learning Single Camera Depth Estimation using Dual-Pixels", ICCV 2019 (AIWE(1),
@@ -22,11 +24,17 @@ the normal metrics).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
+
+__all__ = [
+    "AFFINE_KEYS", "DEPTH_KEYS", "DEPTH_RANGE_MM", "DESCRIPTOR_KEYS", "METRIC_KEYS", "NORMAL_KEYS",
+    "SPEARMAN_CONVENTIONS", "EvaluationError", "affine_invariant_metrics", "batch_metrics", "depth_metrics",
+    "fit_affine", "normal_metrics",
+]
 
 AFFINE_KEYS = ("ai1", "ai2", "spearman")
 DEPTH_KEYS = ("absrel", "absdiff", "sqrel", "rmse", "rmse_log", "delta1", "delta2", "delta3")
@@ -38,96 +46,77 @@ IRLS_ITERS = 5
 IRLS_EPS = 1e-3
 #: a weighted variance below REL_DEGENERATE * mean**2 counts as a constant map.
 REL_DEGENERATE = 1e-24
+METRIC_KEYS = (*AFFINE_KEYS, *DEPTH_KEYS, *NORMAL_KEYS, "invalid_depth")
+#: Per-sample ground-truth descriptors that batch_metrics adds (for error analysis).
+DESCRIPTOR_KEYS = ("valid_px", "depth_mean_mm", "depth_range_mm", "texture")
+#: Predicted depths are clipped into this range (mm) before the absolute depth metrics.
+DEPTH_RANGE_MM = (1.0, 1e5)
+#: "reference": Google's released convention (the default); "midrank": weighted mid-ranks of masked pixels.
+SPEARMAN_CONVENTIONS = ("reference", "midrank")
 _TINY = 1e-300
 
 
-# ----------------------------------------------------------------------------------------- input checks
-def _is_torch(*arrays: Any) -> bool:
-    return any(isinstance(a, torch.Tensor) for a in arrays)
+class EvaluationError(ValueError):
+    """Inputs that cannot be scored (wrong shapes, non-finite values inside the mask, bad weights, an empty
+    sample) or predictions and checkpoints that cannot be evaluated; the message names the metric and
+    sample, or the file."""
 
 
-def _torch_inputs(name: str, arrays: dict[str, Any], ndim: int) -> tuple[dict[str, torch.Tensor], bool]:
-    """float64 tensors on the first tensor's device, with a leading batch axis; returns (arrays, batched)."""
-    device = next(a.device for a in arrays.values() if isinstance(a, torch.Tensor))
-    out = {k: torch.as_tensor(v, device=device).to(torch.float64) for k, v in arrays.items()}
+# ----------------------------------------------------------------------------------- input and output
+def _prepare(name: str, arrays: dict[str, Any], ndim: int) -> tuple[dict[str, torch.Tensor], bool, bool]:
+    """float64 tensors with a leading batch axis, on the first tensor's device (CPU for numpy input).
+
+    Returns (tensors, batched, numpy_out)."""
+    tensors = [a for a in arrays.values() if isinstance(a, torch.Tensor)]
+    device = tensors[0].device if tensors else torch.device("cpu")
+    out = {k: torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v, device=device)
+           .to(torch.float64) for k, v in arrays.items()}
     first = next(iter(out.values()))
-    batched = first.ndim == ndim + 1
     for key, value in out.items():
         if value.ndim not in (ndim, ndim + 1) or value.shape != first.shape:
-            raise ValueError(f"{name}: {key} has shape {tuple(value.shape)}, expected {tuple(first.shape)} "
-                             f"with {ndim} or {ndim + 1} dims")
+            raise EvaluationError(f"{name}: {key} has shape {tuple(value.shape)}, expected "
+                                   f"{tuple(first.shape)} with {ndim} or {ndim + 1} dims")
+    batched = first.ndim == ndim + 1
     if not batched:
         out = {k: v.unsqueeze(0) for k, v in out.items()}
-    return out, batched
+    return out, batched, not tensors
 
 
-def _numpy_samples(name: str, arrays: dict[str, Any], ndim: int) -> tuple[list[dict[str, np.ndarray]], bool]:
-    out = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
-    first = next(iter(out.values()))
-    for key, value in out.items():
-        if value.ndim not in (ndim, ndim + 1) or value.shape != first.shape:
-            raise ValueError(f"{name}: {key} has shape {value.shape}, expected {first.shape} "
-                             f"with {ndim} or {ndim + 1} dims")
-    if first.ndim == ndim:
-        return [out], False
-    return [{k: v[i] for k, v in out.items()} for i in range(first.shape[0])], True
+def _finish(rows: list[dict[str, torch.Tensor] | None], keys: tuple[str, ...], batched: bool,
+            numpy_out: bool, device: torch.device) -> dict:
+    """Stack per-sample results (None = empty sample -> NaN) into the caller's format."""
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=device)
+    values = {k: torch.stack([nan if r is None else r[k].to(torch.float64) for r in rows]) for k in keys}
+    if numpy_out:
+        values = {k: v.cpu().numpy() for k, v in values.items()}
+        return values if batched else {k: float(v[0]) for k, v in values.items()}
+    return values if batched else {k: v[0] for k, v in values.items()}
 
 
-def _check_weight(name: str, weight, index: int | None = None) -> None:
-    bad = ~np.isfinite(weight) | (weight < 0)
-    if bad.any():
-        where = f" in sample {index}" if index is not None else ""
-        raise ValueError(f"{name}: weights must be finite and >= 0; found {int(bad.sum())} bad values{where}")
-
-
-def _check_finite_np(name: str, arrays: dict[str, np.ndarray], valid: np.ndarray, index: int) -> None:
+def _check_finite(name: str, arrays: dict[str, torch.Tensor], valid: torch.Tensor) -> None:
+    """Non-finite values inside ``valid`` (B, N) raise, naming the first bad sample."""
     for key, value in arrays.items():
-        bad = valid & ~np.isfinite(value)
-        if bad.any():
-            raise ValueError(f"{name}: {key} has {int(bad.sum())} non-finite values inside the mask "
-                             f"in sample {index}")
-
-
-def _check_finite_torch(name: str, arrays: dict[str, torch.Tensor], valid: torch.Tensor) -> None:
-    for key, value in arrays.items():
-        bad = valid & ~torch.isfinite(value)
-        per_sample = bad.flatten(1).any(1)
+        bad = (valid & ~torch.isfinite(value)).flatten(1)
+        per_sample = bad.sum(1)
         if bool(per_sample.any()):
             index = int(per_sample.nonzero()[0, 0])
-            raise ValueError(f"{name}: {key} has {int(bad[index].sum())} non-finite values inside the mask "
-                             f"in sample {index}")
+            raise EvaluationError(f"{name}: {key} has {int(per_sample[index])} non-finite values inside "
+                                   f"the mask in sample {index}")
 
 
-def _empty_error(name: str, index: int) -> ValueError:
-    return ValueError(f"{name}: sample {index} has no valid pixel (empty mask, all weights zero or no "
-                      "usable ground truth); pass allow_empty=True to get NaN for such samples")
-
-
-def _empty_samples(name: str, count: torch.Tensor, allow_empty: bool) -> torch.Tensor:
-    """(B,) bool: samples without valid pixels; raises unless ``allow_empty``."""
-    empty = count <= 0
-    if not allow_empty and bool(empty.any()):
-        raise _empty_error(name, int(empty.nonzero()[0, 0]))
-    return empty
-
-
-def _numpy_result(rows: list[dict[str, float]], keys: tuple[str, ...], batched: bool):
-    if not batched:
-        return rows[0]
-    return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in keys}
-
-
-def _torch_result(values: dict[str, torch.Tensor], empty: torch.Tensor, batched: bool):
-    out = {}
-    for key, value in values.items():
-        value = value.clone()
-        value[empty] = float("nan")
-        out[key] = value if batched else value[0]
-    return out
+def _counts(name: str, valid: torch.Tensor, allow_empty: bool) -> list[int]:
+    """Valid pixels per sample; a sample without any raises unless ``allow_empty``."""
+    counts = valid.flatten(1).sum(1).tolist()
+    if not allow_empty and 0 in counts:
+        raise EvaluationError(
+            f"{name}: sample {counts.index(0)} has no valid pixel (empty mask, all weights zero or no usable "
+            "ground truth); pass allow_empty=True to get NaN for such samples")
+    return counts
 
 
 # ------------------------------------------------------------------------------ affine-invariant metrics
-def affine_invariant_metrics(pred, gt, weight=None, *, allow_empty: bool = False) -> dict:
+def affine_invariant_metrics(pred, gt, weight=None, *, spearman: str = "reference",
+                             allow_empty: bool = False) -> dict:
     """Garg et al. (ICCV 2019) affine-invariant errors of a disparity / inverse-depth prediction.
 
     Args:
@@ -135,8 +124,9 @@ def affine_invariant_metrics(pred, gt, weight=None, *, allow_empty: bool = False
             the same.
         gt: same shape, ground-truth disparity (px) or inverse depth. Errors are in its units.
         weight: same shape, >= 0 (a 0/1 mask or a confidence), ``None`` = all ones.
+        spearman: ``"reference"`` (default) or ``"midrank"``, see below.
 
-    Returns dict ``ai1``, ``ai2``, ``spearman`` (floats for numpy (H, W); (B,) float64 tensors for torch):
+    Returns dict ``ai1``, ``ai2``, ``spearman``:
         - The **prediction** receives the affine map: (s, t) minimise the weighted error of
           ``s * pred + t - gt``, so residuals are in ground-truth units and the metrics are not symmetric
           in (pred, gt) (as in Google's released ``get_metrics.py``).
@@ -148,164 +138,150 @@ def affine_invariant_metrics(pred, gt, weight=None, *, allow_empty: bool = False
           ridge term (the reference's ``l2_regularizer=1e-5`` has no effect there either). A constant
           prediction (weighted variance below 1e-24 * mean^2) gets s = 0, t = weighted mean of gt: the
           same fitted map as the minimum-norm least-squares solution.
-        - ``spearman`` = 1 - |rho_s| in [0, 1]: the w-weighted Pearson correlation of the ranks of pred and
-          gt. Ranks are weighted mid-ranks: a pixel's rank is the weight of all pixels with a smaller value
-          plus half the weight of its tie group, so zero-weight pixels do not influence the ranks (with a
-          0/1 mask this is the average rank among masked pixels). **Deviation from the reference**, which
-          ranks all pixels, masked ones included, and breaks ties in pixel order: that made a constant
-          prediction correlate with whatever order the pixels were stored in. If either map is constant
-          over the mask, rho_s := 0 (spearman = 1).
+        - ``spearman`` = 1 - |rho_s|, rho_s the w-weighted Pearson correlation of the ranks of pred and gt.
+          ``"reference"`` reproduces the released code, so numbers compare with published tables: ranks
+          of the float32 values of **every pixel** of the map (masked ones included; non-finite values
+          rank last), ties broken by pixel order, the weights applied only in the Pearson step, and
+          |rho_s| taken as max(rho(rank pred, rank gt), rho(rank(-pred), rank gt)) (the two differ only
+          through ties). Its quirk: pixels outside the mask shift the ranks, and a constant prediction
+          correlates with the pixel order. ``"midrank"`` ranks only weighted pixels by weighted mid-ranks
+          (a pixel's rank is the weight below it plus half the weight of its tie group) and scores a map
+          that is constant over the mask as rho_s = 0 (spearman = 1). Either way a degenerate rank
+          variance (a single weighted pixel) gives spearman = 1.
     Weights enter every sum as multipliers (the reference's sqrt(w) row scaling of the least squares).
     """
     name = "affine_invariant_metrics"
+    if spearman not in SPEARMAN_CONVENTIONS:
+        raise EvaluationError(f"{name}: spearman must be one of {SPEARMAN_CONVENTIONS}, got {spearman!r}")
     arrays = {"pred": pred, "gt": gt} | ({"weight": weight} if weight is not None else {})
-    if _is_torch(pred, gt, weight):
-        tensors, batched = _torch_inputs(name, arrays, 2)
-        x, y = tensors["pred"].flatten(1), tensors["gt"].flatten(1)
-        w = tensors["weight"].flatten(1) if weight is not None else torch.ones_like(x)
-        if bool((~torch.isfinite(w) | (w < 0)).any()):
-            _check_weight(name, w.detach().cpu().numpy())
-        valid = w > 0
-        _check_finite_torch(name, {"pred": x, "gt": y}, valid)
-        empty = _empty_samples(name, w.sum(1), allow_empty)
-        x, y = torch.where(valid, x, 0.0), torch.where(valid, y, 0.0)
-        values = _affine_torch(x, y, w)
-        return _torch_result(values, empty, batched)
-    samples, batched = _numpy_samples(name, arrays, 2)
-    rows = []
-    for index, sample in enumerate(samples):
-        x, y = sample["pred"].ravel(), sample["gt"].ravel()
-        w = sample["weight"].ravel() if weight is not None else np.ones_like(x)
-        _check_weight(name, w, index)
-        valid = w > 0
-        _check_finite_np(name, {"pred": x, "gt": y}, valid, index)
-        if not valid.any():
-            if not allow_empty:
-                raise _empty_error(name, index)
-            rows.append(dict.fromkeys(AFFINE_KEYS, float("nan")))
-            continue
-        rows.append(_affine_numpy(x[valid], y[valid], w[valid]))
-    return _numpy_result(rows, AFFINE_KEYS, batched)
+    tensors, batched, numpy_out = _prepare(name, arrays, 2)
+    x, y = tensors["pred"].flatten(1), tensors["gt"].flatten(1)
+    w = tensors["weight"].flatten(1) if weight is not None else torch.ones_like(x)
+    bad = ~torch.isfinite(w) | (w < 0)
+    if bool(bad.any()):
+        index = int(bad.any(1).nonzero()[0, 0])
+        raise EvaluationError(f"{name}: weights must be finite and >= 0; found {int(bad[index].sum())} bad "
+                               f"values in sample {index}")
+    valid = w > 0
+    _check_finite(name, {"pred": x, "gt": y}, valid)
+    counts = _counts(name, valid, allow_empty)
+    rows = [_affine_sample(x[i], y[i], w[i], valid[i], spearman) if counts[i] else None
+            for i in range(len(counts))]
+    return _finish(rows, AFFINE_KEYS, batched, numpy_out, x.device)
+
+
+def _affine_sample(x_all: torch.Tensor, y_all: torch.Tensor, w_all: torch.Tensor, valid: torch.Tensor,
+                   spearman: str) -> dict[str, torch.Tensor]:
+    """ai1, ai2, spearman of one sample; (N,) pixel vectors of the whole map."""
+    x, y, w = x_all[valid], y_all[valid], w_all[valid]
+    sw = w.sum()
+    s, t = _wls_fit(x, y, w)
+    ai2 = ((w * (s * x + t - y) ** 2).sum() / sw).sqrt()
+    irls = torch.ones_like(x)
+    for _ in range(IRLS_ITERS):
+        s1, t1 = _wls_fit(x, y, w * irls)
+        residual = (s1 * x + t1 - y).abs()
+        irls = 1.0 / residual.clamp_min(IRLS_EPS)
+    ai1 = (w * residual).sum() / sw
+    if spearman == "reference":
+        rank_x, rank_neg_x = _pixel_order_ranks(x_all, both_directions=True)
+        rank_y = _pixel_order_ranks(y_all)[0]
+        rho = torch.maximum(_pearson(rank_x, rank_y, w_all), _pearson(rank_neg_x, rank_y, w_all))
+    else:
+        rho = _pearson(_weighted_midranks(x, w), _weighted_midranks(y, w), w).abs()
+    return {"ai1": ai1, "ai2": ai2, "spearman": 1.0 - rho.clamp(-1.0, 1.0)}
 
 
 def fit_affine(pred, gt, weight=None, *, robust: bool = False) -> tuple[float, float]:
     """The (s, t) of ``s * pred + t ~ gt`` used by :func:`affine_invariant_metrics` for one sample
     (numpy or torch (H, W)): weighted least squares (AIWE(2)), or with ``robust=True`` the 5-round IRLS
     fit of AIWE(1). ``s * pred + t`` is the affine-aligned prediction, in ground-truth units."""
-    x, y = (np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64).ravel()
-            for a in (pred, gt))
-    w = np.ones_like(x) if weight is None else np.asarray(
-        weight.detach().cpu() if isinstance(weight, torch.Tensor) else weight, dtype=np.float64).ravel()
-    _check_weight("fit_affine", w)
+    name = "fit_affine"
+    arrays = {"pred": pred, "gt": gt} | ({"weight": weight} if weight is not None else {})
+    tensors, _, _ = _prepare(name, arrays, 2)
+    x, y = tensors["pred"].flatten(1), tensors["gt"].flatten(1)
+    w = tensors["weight"].flatten(1) if weight is not None else torch.ones_like(x)
+    if bool((~torch.isfinite(w) | (w < 0)).any()):
+        raise EvaluationError(f"{name}: weights must be finite and >= 0")
     valid = w > 0
-    if not valid.any():
-        raise _empty_error("fit_affine", 0)
-    _check_finite_np("fit_affine", {"pred": x, "gt": y}, valid, 0)
+    _check_finite(name, {"pred": x, "gt": y}, valid)
+    _counts(name, valid, allow_empty=False)
     x, y, w = x[valid], y[valid], w[valid]
-    if not robust:
-        return _wls_fit_numpy(x, y, w)
-    irls = np.ones_like(x)
-    for _ in range(IRLS_ITERS):
-        s, t = _wls_fit_numpy(x, y, w * irls)
-        irls = 1.0 / np.maximum(IRLS_EPS, np.abs(s * x + t - y))
-    return s, t
+    s, t = _wls_fit(x, y, w)
+    if robust:
+        irls = torch.ones_like(x)
+        for _ in range(IRLS_ITERS):
+            s, t = _wls_fit(x, y, w * irls)
+            irls = 1.0 / (s * x + t - y).abs().clamp_min(IRLS_EPS)
+    return float(s), float(t)
 
 
-def _wls_fit_numpy(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float]:
-    """(s, t) minimising sum w (s x + t - y)^2 (closed-form, centred normal equations)."""
-    sw = w.sum()
+def _wls_fit(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, t) minimising sum w (s x + t - y)^2 over (N,) vectors: the closed-form centred 2x2 solve."""
+    sw = w.sum().clamp_min(_TINY)
     mx, my = (w * x).sum() / sw, (w * y).sum() / sw
     dx = x - mx
     vxx = (w * dx * dx).sum()
-    s = 0.0 if vxx <= REL_DEGENERATE * sw * mx * mx + _TINY else (w * dx * (y - my)).sum() / vxx
-    return float(s), float(my - s * mx)
-
-
-def _affine_numpy(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict[str, float]:
-    sw = w.sum()
-    s, t = _wls_fit_numpy(x, y, w)
-    ai2 = np.sqrt((w * (s * x + t - y) ** 2).sum() / sw)
-    irls = np.ones_like(x)
-    for _ in range(IRLS_ITERS):
-        s1, t1 = _wls_fit_numpy(x, y, w * irls)
-        residual = np.abs(s1 * x + t1 - y)
-        irls = 1.0 / np.maximum(IRLS_EPS, residual)
-    ai1 = (w * residual).sum() / sw
-    rank_x, rank_y = _weighted_midranks_numpy(x, w), _weighted_midranks_numpy(y, w)
-    rho = _weighted_pearson_numpy(rank_x, rank_y, w)
-    return {"ai1": float(ai1), "ai2": float(ai2), "spearman": float(1.0 - min(1.0, abs(rho)))}
-
-
-def _weighted_midranks_numpy(v: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Rank in [0, 1]: (weight below + half the weight of the tie group) / total weight."""
-    order = np.argsort(v, kind="stable")
-    v_sorted, w_sorted = v[order], w[order]
-    new_group = np.ones(v.size, dtype=bool)
-    new_group[1:] = v_sorted[1:] != v_sorted[:-1]
-    group = np.cumsum(new_group) - 1
-    group_weight = np.bincount(group, weights=w_sorted)
-    group_start = np.cumsum(group_weight) - group_weight
-    ranks = np.empty_like(v)
-    ranks[order] = group_start[group] + 0.5 * group_weight[group]
-    return ranks / w.sum()
-
-
-def _weighted_pearson_numpy(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> float:
-    sw = w.sum()
-    da, db = a - (w * a).sum() / sw, b - (w * b).sum() / sw
-    vaa, vbb = (w * da * da).sum() / sw, (w * db * db).sum() / sw
-    if vaa <= 1e-14 or vbb <= 1e-14:  # ranks live in [0, 1]: a constant map
-        return 0.0
-    return float((w * da * db).sum() / sw / np.sqrt(vaa * vbb))
-
-
-def _wls_fit_torch(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched (B, N) version of :func:`_wls_fit_numpy`; returns (B, 1) slope and offset."""
-    sw = w.sum(1, keepdim=True).clamp_min(_TINY)
-    mx, my = (w * x).sum(1, keepdim=True) / sw, (w * y).sum(1, keepdim=True) / sw
-    dx = x - mx
-    vxx = (w * dx * dx).sum(1, keepdim=True)
-    vxy = (w * dx * (y - my)).sum(1, keepdim=True)
+    vxy = (w * dx * (y - my)).sum()
     constant = vxx <= REL_DEGENERATE * sw * mx * mx + _TINY
     s = torch.where(constant, 0.0, vxy / torch.where(constant, 1.0, vxx))
     return s, my - s * mx
 
 
-def _affine_torch(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> dict[str, torch.Tensor]:
-    sw = w.sum(1).clamp_min(_TINY)
-    s, t = _wls_fit_torch(x, y, w)
-    ai2 = ((w * (s * x + t - y) ** 2).sum(1) / sw).sqrt()
-    irls = torch.ones_like(x)
-    for _ in range(IRLS_ITERS):
-        s1, t1 = _wls_fit_torch(x, y, w * irls)
-        residual = (s1 * x + t1 - y).abs()
-        irls = 1.0 / residual.clamp_min(IRLS_EPS)
-    ai1 = (w * residual).sum(1) / sw
-    rank_x, rank_y = _weighted_midranks_torch(x, w), _weighted_midranks_torch(y, w)
-    rho = _weighted_pearson_torch(rank_x, rank_y, w)
-    return {"ai1": ai1, "ai2": ai2, "spearman": 1.0 - rho.abs().clamp_max(1.0)}
+def _pixel_order_ranks(v: torch.Tensor, both_directions: bool = False) -> list[torch.Tensor]:
+    """Ranks of the reference convention from one stable sort of the float32 values: ``rank(v)`` and, if
+    asked, ``rank(-v)``, ties in pixel order both times, each rescaled to (rank - n//2) / (n//2).
+
+    A tie group at sorted positions [start, end) takes positions [n - end, n - start) in the order of -v,
+    its members still in pixel order."""
+    n = v.numel()
+    ordered, order = torch.sort(_sort_key(v.to(torch.float32)), stable=True)
+    position = torch.arange(n, device=v.device)
+    ranks = [torch.empty_like(position).scatter_(0, order, position)]
+    if both_directions:
+        first = torch.ones(n, dtype=torch.bool, device=v.device)
+        first[1:] = ordered[1:] != ordered[:-1]
+        last = torch.ones_like(first)
+        last[:-1] = first[1:]
+        start = torch.where(first, position, 0).cummax(0).values
+        end = torch.where(last, position + 1, n).flip(0).cummin(0).values.flip(0)
+        ranks.append(torch.empty_like(position).scatter_(0, order, n - end + position - start))
+    half = max(n // 2, 1)
+    return [(r - n // 2).to(torch.float64) / half for r in ranks]
 
 
-def _weighted_midranks_torch(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Batched weighted mid-ranks (B, N) via one sort, a segment sum over tie groups and a scatter."""
-    v_sorted, order = torch.sort(v, dim=1, stable=True)
-    w_sorted = torch.gather(w, 1, order)
-    new_group = torch.ones_like(v_sorted, dtype=torch.bool)
-    new_group[:, 1:] = v_sorted[:, 1:] != v_sorted[:, :-1]
-    group = torch.cumsum(new_group, dim=1) - 1
-    group_weight = torch.zeros_like(w_sorted).scatter_add_(1, group, w_sorted)
-    group_start = torch.cumsum(group_weight, dim=1) - group_weight
-    ranks_sorted = torch.gather(group_start, 1, group) + 0.5 * torch.gather(group_weight, 1, group)
-    ranks = torch.empty_like(ranks_sorted).scatter_(1, order, ranks_sorted)
-    return ranks / w.sum(1, keepdim=True).clamp_min(_TINY)
+def _sort_key(v: torch.Tensor) -> torch.Tensor:
+    """Integers in the order of the float values (float32 -> int32, float64 -> int64), equal exactly when the
+    values are equal; NaN counts as +inf and -0.0 as 0.0. Integer keys sort by radix on the CPU, about 20x
+    faster than a comparison sort of the floats: IEEE bits read as signed integers order the positive
+    values; flipping the magnitude bits of the negative ones reverses theirs."""
+    int_type, magnitude = (torch.int32, 0x7FFFFFFF) if v.dtype == torch.float32 else (torch.int64, 2**63 - 1)
+    bits = (torch.nan_to_num(v, nan=float("inf")) + 0.0).view(int_type)
+    return torch.where(bits < 0, bits ^ magnitude, bits)
 
 
-def _weighted_pearson_torch(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    sw = w.sum(1, keepdim=True).clamp_min(_TINY)
-    da, db = a - (w * a).sum(1, keepdim=True) / sw, b - (w * b).sum(1, keepdim=True) / sw
-    vaa, vbb = (w * da * da).sum(1) / sw[:, 0], (w * db * db).sum(1) / sw[:, 0]
+def _weighted_midranks(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Rank in [0, 1] of each of the (N,) values: (weight below + half the weight of its tie group) / sum w,
+    from one sort, a segment sum over tie groups and a scatter."""
+    ordered, order = torch.sort(_sort_key(v), stable=True)
+    w_sorted = w[order]
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    group = torch.cumsum(first, 0) - 1
+    group_weight = torch.zeros_like(w_sorted).scatter_add_(0, group, w_sorted)
+    group_start = torch.cumsum(group_weight, 0) - group_weight
+    ranks = torch.empty_like(w_sorted).scatter_(0, order, group_start[group] + 0.5 * group_weight[group])
+    return ranks / w.sum().clamp_min(_TINY)
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """w-weighted Pearson correlation of (N,) vectors; 0 when either variance is (near) zero. The ranks it
+    is given are bounded by 1, so the variance threshold is absolute."""
+    sw = w.sum().clamp_min(_TINY)
+    da, db = a - (w * a).sum() / sw, b - (w * b).sum() / sw
+    vaa, vbb = (w * da * da).sum() / sw, (w * db * db).sum() / sw
     constant = (vaa <= 1e-14) | (vbb <= 1e-14)
-    cov = (w * da * db).sum(1) / sw[:, 0]
+    cov = (w * da * db).sum() / sw
     return torch.where(constant, 0.0, cov / torch.where(constant, 1.0, vaa * vbb).sqrt())
 
 
@@ -331,57 +307,30 @@ def depth_metrics(pred_mm, gt_mm, mask=None, *, depth_range_mm: tuple[float, flo
     name = "depth_metrics"
     low, high = depth_range_mm
     if not 0 < low < high:
-        raise ValueError(f"{name}: depth_range_mm must satisfy 0 < low < high, got {depth_range_mm}")
+        raise EvaluationError(f"{name}: depth_range_mm must satisfy 0 < low < high, got {depth_range_mm}")
     arrays = {"pred": pred_mm, "gt": gt_mm} | ({"mask": mask} if mask is not None else {})
-    if _is_torch(pred_mm, gt_mm, mask):
-        tensors, batched = _torch_inputs(name, arrays, 2)
-        p, g = tensors["pred"].flatten(1), tensors["gt"].flatten(1)
-        valid = torch.isfinite(g) & (g >= low)
-        if mask is not None:
-            valid &= tensors["mask"].flatten(1) != 0
-        count = valid.sum(1)
-        empty = _empty_samples(name, count, allow_empty)
-        p = torch.nan_to_num(p, nan=high, posinf=high, neginf=low).clamp(low, high)
-        g = torch.where(valid, g, 1.0)
-        m, n = valid.to(torch.float64), count.clamp_min(1).to(torch.float64)
-        diff = g - p
-        ratio = torch.maximum(g / p, p / g)
-        values = {
-            "absrel": (m * diff.abs() / g).sum(1) / n,
-            "absdiff": (m * diff.abs()).sum(1) / n,
-            "sqrel": (m * diff**2 / g).sum(1) / n,
-            "rmse": ((m * diff**2).sum(1) / n).sqrt(),
-            "rmse_log": ((m * (g.log() - p.log()) ** 2).sum(1) / n).sqrt(),
-        }
-        for k, threshold in enumerate(DELTA_THRESHOLDS, start=1):
-            values[f"delta{k}"] = (m * (ratio < threshold)).sum(1) / n
-        return _torch_result(values, empty, batched)
-    samples, batched = _numpy_samples(name, arrays, 2)
-    rows = []
-    for index, sample in enumerate(samples):
-        g = sample["gt"]
-        valid = np.isfinite(g) & (g >= low)
-        if mask is not None:
-            valid &= sample["mask"] != 0
-        if not valid.any():
-            if not allow_empty:
-                raise _empty_error(name, index)
-            rows.append(dict.fromkeys(DEPTH_KEYS, float("nan")))
+    tensors, batched, numpy_out = _prepare(name, arrays, 2)
+    p_all, g_all = tensors["pred"].flatten(1), tensors["gt"].flatten(1)
+    valid = torch.isfinite(g_all) & (g_all >= low)
+    if mask is not None:
+        valid &= tensors["mask"].flatten(1) != 0
+    counts = _counts(name, valid, allow_empty)
+    rows: list[dict[str, torch.Tensor] | None] = []
+    for i, count in enumerate(counts):
+        if not count:
+            rows.append(None)
             continue
-        g = g[valid]
-        p = np.clip(np.nan_to_num(sample["pred"][valid], nan=high, posinf=high, neginf=low), low, high)
-        ratio = np.maximum(g / p, p / g)
-        row = {
-            "absrel": np.mean(np.abs(g - p) / g),
-            "absdiff": np.mean(np.abs(g - p)),
-            "sqrel": np.mean((g - p) ** 2 / g),
-            "rmse": np.sqrt(np.mean((g - p) ** 2)),
-            "rmse_log": np.sqrt(np.mean((np.log(g) - np.log(p)) ** 2)),
-        }
+        g = g_all[i][valid[i]]
+        p = torch.nan_to_num(p_all[i][valid[i]], nan=high, posinf=high, neginf=low).clamp(low, high)
+        diff = g - p
+        absolute, square, r = diff.abs(), diff * diff, g / p
+        ratio = torch.maximum(r, 1.0 / r)
+        row = {"absrel": (absolute / g).mean(), "absdiff": absolute.mean(), "sqrel": (square / g).mean(),
+               "rmse": square.mean().sqrt(), "rmse_log": r.log().square().mean().sqrt()}
         for k, threshold in enumerate(DELTA_THRESHOLDS, start=1):
-            row[f"delta{k}"] = np.mean(ratio < threshold)
-        rows.append({k: float(v) for k, v in row.items()})
-    return _numpy_result(rows, DEPTH_KEYS, batched)
+            row[f"delta{k}"] = (ratio < threshold).to(torch.float64).mean()
+        rows.append(row)
+    return _finish(rows, DEPTH_KEYS, batched, numpy_out, g_all.device)
 
 
 # ------------------------------------------------------------------------------------ normal metrics
@@ -400,92 +349,123 @@ def normal_metrics(pred, gt, mask=None, *, allow_empty: bool = False) -> dict:
     theta = atan2(|n x m|, n . m) in degrees (accurate near 0 where arccos is not).
     """
     name = "normal_metrics"
-    if _is_torch(pred, gt, mask):
-        pred_t, gt_t = torch.as_tensor(pred), torch.as_tensor(gt)
-        device = pred_t.device if isinstance(pred, torch.Tensor) else gt_t.device
-        pred_t, gt_t = pred_t.to(device, torch.float64), gt_t.to(device, torch.float64)
-        batched = pred_t.ndim == 4
-        if pred_t.shape != gt_t.shape or pred_t.ndim not in (3, 4) or pred_t.shape[-3] != 3:
-            raise ValueError(f"{name}: pred {tuple(pred_t.shape)} and gt {tuple(gt_t.shape)} must both be "
-                             "(3, H, W) or (B, 3, H, W)")
-        if not batched:
-            pred_t, gt_t = pred_t.unsqueeze(0), gt_t.unsqueeze(0)
-        if mask is None:
-            valid = (gt_t != 0).any(1)
-        else:
-            valid = torch.as_tensor(mask, device=device)
-            valid = (valid.unsqueeze(0) if valid.ndim == 2 else valid) != 0
-            if valid.shape != gt_t[:, 0].shape:
-                raise ValueError(f"{name}: mask {tuple(valid.shape)} does not match normals "
-                                 f"{tuple(gt_t.shape)}")
-        valid = valid.flatten(1)
-        n, m = pred_t.flatten(2), gt_t.flatten(2)
-        _check_finite_torch(name, {"pred": n.abs().sum(1), "gt": m.abs().sum(1)}, valid)
-        count = valid.sum(1)
-        empty = _empty_samples(name, count, allow_empty)
-        n, m = torch.where(valid[:, None], n, 1.0), torch.where(valid[:, None], m, 1.0)
-        theta = _angle_deg_torch(n, m)
-        mf, c = valid.to(torch.float64), count.clamp_min(1)
-        values = {"mean_deg": (mf * theta).sum(1) / c, "rmse_deg": ((mf * theta**2).sum(1) / c).sqrt()}
-        ordered = torch.where(valid, theta, float("inf")).sort(1).values
-        lo, hi = ((c - 1) // 2).unsqueeze(1), (c // 2).unsqueeze(1)
-        values["median_deg"] = 0.5 * (ordered.gather(1, lo) + ordered.gather(1, hi))[:, 0]
-        for key, limit in zip(NORMAL_KEYS[3:], NORMAL_THRESHOLDS_DEG, strict=True):
-            values[key] = (mf * (theta <= limit)).sum(1) / c
-        return _torch_result({k: values[k] for k in NORMAL_KEYS}, empty, batched)
-    pred_np, gt_np = np.asarray(pred, dtype=np.float64), np.asarray(gt, dtype=np.float64)
-    if pred_np.shape != gt_np.shape or pred_np.ndim not in (3, 4) or pred_np.shape[-3] != 3:
-        raise ValueError(f"{name}: pred {pred_np.shape} and gt {gt_np.shape} must both be (3, H, W) or "
-                         "(B, 3, H, W)")
-    batched = pred_np.ndim == 4
-    preds, gts = (pred_np, gt_np) if batched else (pred_np[None], gt_np[None])
-    masks = None if mask is None else np.asarray(mask)
-    if masks is not None:
-        masks = masks if batched else masks[None]
-        if masks.shape != gts[:, 0].shape:
-            raise ValueError(f"{name}: mask {np.asarray(mask).shape} does not match normals {gt_np.shape}")
-    rows = []
-    for index in range(preds.shape[0]):
-        valid = (gts[index] != 0).any(0) if masks is None else masks[index] != 0
-        n, m = preds[index][:, valid], gts[index][:, valid]
-        _check_finite_np(name, {"pred": np.abs(n).sum(0), "gt": np.abs(m).sum(0)}, np.ones(n.shape[1], bool),
-                         index)
-        if not valid.any():
-            if not allow_empty:
-                raise _empty_error(name, index)
-            rows.append(dict.fromkeys(NORMAL_KEYS, float("nan")))
+    tensors, batched, numpy_out = _prepare(name, {"pred": pred, "gt": gt}, 3)
+    n_all, m_all = tensors["pred"], tensors["gt"]
+    if n_all.shape[1] != 3:
+        raise EvaluationError(f"{name}: pred {tuple(np.shape(pred))} and gt {tuple(np.shape(gt))} must both "
+                               "be (3, H, W) or (B, 3, H, W)")
+    if mask is None:
+        valid = (m_all != 0).any(1)
+    else:
+        valid = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask,
+                                device=n_all.device) != 0
+        valid = valid.unsqueeze(0) if valid.ndim == 2 else valid
+        if valid.shape != m_all[:, 0].shape:
+            raise EvaluationError(f"{name}: mask {tuple(np.shape(mask))} does not match normals "
+                                   f"{tuple(np.shape(gt))}")
+    n_all, m_all, valid = n_all.flatten(2), m_all.flatten(2), valid.flatten(1)
+    _check_finite(name, {"pred": n_all.abs().sum(1), "gt": m_all.abs().sum(1)}, valid)
+    counts = _counts(name, valid, allow_empty)
+    rows: list[dict[str, torch.Tensor] | None] = []
+    for i, count in enumerate(counts):
+        if not count:
+            rows.append(None)
             continue
-        n_len, m_len = np.linalg.norm(n, axis=0), np.linalg.norm(m, axis=0)
-        n, m = n / np.maximum(n_len, _TINY), m / np.maximum(m_len, _TINY)
-        theta = np.degrees(np.arctan2(np.linalg.norm(np.cross(n.T, m.T), axis=1), (n * m).sum(0)))
-        theta[(n_len == 0) | (m_len == 0)] = 90.0
-        row = {"mean_deg": theta.mean(), "median_deg": np.median(theta),
-               "rmse_deg": np.sqrt(np.mean(theta**2))}
+        theta = _angle_deg(n_all[i][:, valid[i]], m_all[i][:, valid[i]])
+        low = torch.kthvalue(theta, (count + 1) // 2).values
+        high = torch.kthvalue(theta, count // 2 + 1).values
+        row = {"mean_deg": theta.mean(), "median_deg": 0.5 * (low + high),
+               "rmse_deg": (theta**2).mean().sqrt()}
         for key, limit in zip(NORMAL_KEYS[3:], NORMAL_THRESHOLDS_DEG, strict=True):
-            row[key] = np.mean(theta <= limit)
-        rows.append({k: float(v) for k, v in row.items()})
-    return _numpy_result(rows, NORMAL_KEYS, batched)
+            row[key] = (theta <= limit).to(torch.float64).mean()
+        rows.append(row)
+    return _finish(rows, NORMAL_KEYS, batched, numpy_out, n_all.device)
 
 
-def _angle_deg_torch(n: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Angle (deg) between (B, 3, N) vector fields after normalisation; zero vectors give 90 deg."""
-    n_len, m_len = n.norm(dim=1, keepdim=True), m.norm(dim=1, keepdim=True)
+def _angle_deg(n: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Angle (deg) between (3, N) vector fields after normalisation; zero vectors give 90 deg."""
+    def length(v: torch.Tensor) -> torch.Tensor:  # per column; faster than norm(dim=0) on a (3, N) tensor
+        return (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt()
+
+    n_len, m_len = length(n), length(m)
     n, m = n / n_len.clamp_min(_TINY), m / m_len.clamp_min(_TINY)
-    cross = torch.linalg.cross(n, m, dim=1).norm(dim=1)
-    theta = torch.rad2deg(torch.atan2(cross, (n * m).sum(1)))
-    return torch.where(((n_len == 0) | (m_len == 0))[:, 0], 90.0, theta)
+    dot = n[0] * m[0] + n[1] * m[1] + n[2] * m[2]
+    theta = torch.rad2deg(torch.atan2(length(torch.linalg.cross(n, m, dim=0)), dot))
+    return torch.where((n_len == 0) | (m_len == 0), 90.0, theta)
 
 
-# ------------------------------------------------------------------------------------------- tables
-def metrics_frame(metrics: dict[str, Any], meta: dict[str, Any] | None = None) -> pd.DataFrame:
-    """One row per sample from a dict of per-sample metric values ((B,) tensors, arrays or lists, or
-    floats for one sample) plus optional identifier columns (``meta``: column -> list of B values)."""
-    columns: dict[str, Any] = {}
-    for key, value in {**(meta or {}), **metrics}.items():
-        if isinstance(value, torch.Tensor):
-            value = value.detach().cpu().numpy()
-        columns[key] = np.atleast_1d(np.asarray(value)) if not isinstance(value, list) else value
-    lengths = {k: len(v) for k, v in columns.items()}
-    if len(set(lengths.values())) > 1:
-        raise ValueError(f"metrics_frame: columns have different lengths {lengths}")
-    return pd.DataFrame(columns)
+# ------------------------------------------------------------------------------------------ per batch
+def batch_metrics(output: Mapping[str, torch.Tensor], batch: Mapping[str, Any], *,
+                  allow_empty: bool = False) -> dict[str, Any]:
+    """Every metric for a batch: ``output`` as a model returns it, ``batch`` the (collated) dataset dict.
+
+    Args:
+        output: ``disparity`` (B, H, W) px and/or ``depth`` (B, H, W) mm, optional ``normal`` (B, 3, H, W).
+        batch: needs ``disparity``, ``depth``, ``mask`` (B, H, W), ``a``, ``b`` (B,), and ``normal``
+            (B, 3, H, W) when normals are predicted; ``lrsum`` (B, 3, H, W) for the texture descriptor.
+
+        allow_empty: give NaN metrics for samples without valid pixels instead of raising (training
+            validation on random crops).
+
+    Returns: dict of (B,) float64 tensors for :data:`METRIC_KEYS` and :data:`DESCRIPTOR_KEYS`, plus
+    ``affine_space`` (a list of B strings).
+    """
+    mask = batch["mask"].bool()
+    size = tuple(mask.shape)
+    for key in ("disparity", "depth", "normal"):
+        if key in output and tuple(output[key].shape[-2:]) != size[-2:]:
+            raise EvaluationError(f"predicted {key} has shape {tuple(output[key].shape)}, "
+                                  f"ground truth {size}")
+    if "disparity" not in output and "depth" not in output:
+        raise EvaluationError(f"prediction has neither 'disparity' nor 'depth' (keys: {sorted(output)})")
+    device = mask.device
+    a = torch.as_tensor(batch["a"], device=device).to(torch.float64).reshape(-1, 1, 1)
+    b = torch.as_tensor(batch["b"], device=device).to(torch.float64).reshape(-1, 1, 1)
+    gt_depth = batch["depth"].to(torch.float64)
+    low, high = DEPTH_RANGE_MM
+    if "depth" in output:
+        pred_depth = output["depth"].detach().to(torch.float64)
+    else:
+        d = output["disparity"].detach().to(torch.float64)
+        pred_depth = a / (d - b)  # Z = a / (d - b); d == b -> +-inf, clipped by depth_metrics
+    invalid = mask & ~(torch.isfinite(pred_depth) & (pred_depth > 0))
+    if "disparity" in output:
+        space = "disparity"
+        affine = affine_invariant_metrics(output["disparity"].detach(), batch["disparity"], mask,
+                                          allow_empty=allow_empty)
+    else:
+        space = "inverse_depth"
+        clipped = torch.nan_to_num(pred_depth, nan=high, posinf=high, neginf=low).clamp(low, high)
+        z_far = torch.where(mask, gt_depth, 0.0).flatten(1).amax(1).reshape(-1, 1, 1)
+        gt_inverse = torch.where(mask, z_far / gt_depth.clamp_min(low), 0.0)
+        affine = affine_invariant_metrics(1.0 / clipped, gt_inverse, mask, allow_empty=allow_empty)
+    values = dict(affine)
+    values |= depth_metrics(pred_depth, gt_depth, mask, depth_range_mm=DEPTH_RANGE_MM,
+                            allow_empty=allow_empty)
+    n_valid = mask.flatten(1).sum(1).to(torch.float64)
+    values["invalid_depth"] = invalid.flatten(1).sum(1) / n_valid.clamp_min(1)
+    if "normal" in output:
+        values |= normal_metrics(output["normal"].detach(), batch["normal"], mask, allow_empty=allow_empty)
+    else:
+        values |= {key: torch.full_like(n_valid, float("nan")) for key in NORMAL_KEYS}
+    values |= _descriptors(batch, mask, gt_depth, n_valid)
+    values["affine_space"] = [space] * len(n_valid)
+    return values
+
+
+def _descriptors(batch: dict[str, Any], mask: torch.Tensor, gt_depth: torch.Tensor, n_valid: torch.Tensor):
+    """Per-sample ground-truth descriptors: valid pixel count, mean depth (mm), depth range p98 - p2 (mm),
+    texture = mean gradient magnitude of the grey LR-sum image inside the mask (intensity per px)."""
+    depth_nan = torch.where(mask, gt_depth, float("nan")).flatten(1)
+    p02, p98 = torch.nanquantile(depth_nan, torch.tensor([0.02, 0.98], dtype=torch.float64,
+                                                         device=mask.device), dim=1)
+    out = {"valid_px": n_valid, "depth_mean_mm": torch.nanmean(depth_nan, 1), "depth_range_mm": p98 - p02}
+    if "lrsum" in batch:
+        grey = batch["lrsum"].to(torch.float64).mean(1)
+        gy, gx = grey[:, 1:, :-1] - grey[:, :-1, :-1], grey[:, :-1, 1:] - grey[:, :-1, :-1]
+        inner = (mask[:, 1:, :-1] & mask[:, :-1, 1:] & mask[:, :-1, :-1]).to(torch.float64)
+        grad = (gx**2 + gy**2).sqrt()
+        out["texture"] = (inner * grad).flatten(1).sum(1) / inner.flatten(1).sum(1).clamp_min(1)
+    else:
+        out["texture"] = torch.full_like(n_valid, float("nan"))
+    return out

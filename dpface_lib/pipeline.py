@@ -52,6 +52,7 @@ from typing import Any
 import yaml
 
 from dpface_lib import REPO_ROOT
+from dpface_lib.config import ConfigError, parse_key_value
 from dpface_lib.evaluate import write_leaderboard
 from dpface_lib.fileio import atomic_write
 
@@ -315,10 +316,10 @@ def run_pipeline(
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return parse_key_value(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cli(argv: list[str]) -> int:
@@ -345,7 +346,7 @@ def cli(argv: list[str]) -> int:
                             resume=args.resume, kernel=args.kernel, cell_progress=not args.no_cell_progress)
     except PipelineError as err:
         print(f"dpface pipeline: {err}", file=sys.stderr)
-        return 1
+        return 2
     total = sum(float(r["seconds"] or 0) for r in rows)
     print(f"{len(rows)} notebook(s) ok in {total:.0f} s -> {Path(args.out) / 'summary.csv'}")
     return 0

@@ -156,7 +156,7 @@ def read_calibration(path: str | os.PathLike) -> dict[str, Any]:
 def load_predictor(checkpoint: str | os.PathLike | None = None) -> torch.nn.Module:
     """The network of a training checkpoint (``dpface train``), in eval mode on the CPU; by default the
     demo checkpoint :data:`DEMO_CHECKPOINT`."""
-    from dpface_lib.train import load_model
+    from dpface_lib.checkpoint import load_model
 
     path = Path(checkpoint) if checkpoint is not None else DEMO_CHECKPOINT
     if not path.is_file():
@@ -203,10 +203,10 @@ def export_demo(
     profile and step, and ``command`` (how the training checkpoint was made). Both atomically. Returns the
     record.
     """
+    from dpface_lib.checkpoint import load_checkpoint, load_model
     from dpface_lib.data import FaceDPDataset
     from dpface_lib.evaluate import aggregate, evaluate_model, metric_columns
     from dpface_lib.notebook import resolve_data_root
-    from dpface_lib.train import load_checkpoint, load_model
 
     out, root = Path(out), resolve_data_root(None if data_root is None else str(data_root))
     checkpoint = load_checkpoint(training_checkpoint)

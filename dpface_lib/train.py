@@ -1,26 +1,24 @@
-"""Training engine: a LightningModule around any registered model, configs, atomic checkpoints, exact resume.
+"""Training engine: a LightningModule around any registered model, the data module, the schedule, the loop.
 
 One call trains a model on a dataset in the benchmark layout::
 
-    from dpface_lib.train import train_model, load_model
+    from dpface_lib.train import train_model
+    from dpface_lib.checkpoint import load_model
     result = train_model("dpnet", data_root="data_samples", out_dir="runs/dpnet", profile="tiny")
     model = load_model(result["checkpoint"])            # nn.Module in eval mode, built from the checkpoint
 
 or from the shell: ``dpface train --model dpnet --profile tiny --data-root data_samples --out runs/dpnet``.
 
-Configuration (``dpface_lib/configs/<model>.yaml``): besides the ``model:`` section, every profile holds a
-``data:`` section (crops, augmentation, batch size, splits) and a ``train:`` section (optimiser, learning-rate
-schedule, epochs/steps, loss multipliers, checkpointing); :func:`training_config` merges them over
-:data:`DEFAULTS` and checks every key and type. ``full`` = the benchmark's settings (Kang et al., ECCV 2022:
-Adam lr 1e-4, eps 1e-5, lr halved every 35 epochs, 75 epochs, random crops of 0.75 of the image in multiples
-of 96 px, PCA lighting noise); ``tiny`` = minutes on a CPU on ``data_samples/``.
+The pieces it uses each live in their own module: the ``data:``/``train:`` schema, merging and ``--set``
+parsing in :mod:`dpface_lib.config` (``full`` = the benchmark's settings of Kang et al., ECCV 2022;
+``tiny`` = minutes on a CPU); the seeded sample order and RNG state in :mod:`dpface_lib.sampling`; crops
+and photometric jitter in :mod:`dpface_lib.transforms`; the checkpoint format, atomic writes and
+weights-only reads in :mod:`dpface_lib.checkpoint`; the validation metrics in :mod:`dpface_lib.metrics`.
 
 Exact resume: the order of training samples and the seed of every sample's augmentation depend only on
 (seed, global step), the schedule is a function of the global step, and the checkpoint carries the
 optimiser, scheduler and RNG states, so training N steps, stopping and resuming for N more gives the same
-weights as 2N steps in one go (single process). Checkpoints are written to a temporary file and renamed
-(:class:`AtomicCheckpointIO`) and always read with ``torch.load(weights_only=True)``: they hold only tensors
-and plain containers.
+weights as 2N steps in one go (single process).
 
 Scale-out is Lightning's: ``devices``, ``strategy`` ("ddp"), ``num_nodes`` and ``accelerator`` pass through to
 :class:`lightning.pytorch.Trainer` (see docs/training.md for torchrun and SLURM).
@@ -32,255 +30,33 @@ import argparse
 import copy
 import math
 import os
-import random
 import sys
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
-import yaml
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from dpface_lib.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_KEY,
+    AtomicCheckpointIO,
+    SaveLastCheckpoint,
+    plain,
+)
+from dpface_lib.config import ConfigError, parse_overrides, set_dotted, training_config
 from dpface_lib.data import evenly_spaced
-from dpface_lib.evaluate import batch_metrics
 from dpface_lib.losses import model_loss
-from dpface_lib.models import CONFIG_DIR, build_model, load_config, model_args
+from dpface_lib.metrics import batch_metrics
+from dpface_lib.models import build_model, model_args
+from dpface_lib.sampling import SeededSamples, StepSampler, rng_state, set_rng_state
+from dpface_lib.transforms import build_transform
 
-__all__ = [
-    "DEFAULTS", "AtomicCheckpointIO", "ConfigError", "DPFaceDataModule", "DPFaceModule", "cli",
-    "load_checkpoint", "load_model", "training_config", "train_model",
-]
-
-CHECKPOINT_KEY = "dpface"
-CHECKPOINT_FORMAT = 1
-
-#: Every accepted key of a profile's ``data:`` and ``train:`` sections with its default.
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "data": {
-        "train_split": "train",
-        "val_split": "test",            # the benchmark has no separate validation split
-        "val_subset": None,             # validate on this many evenly spaced samples of val_split (None: all)
-        "lights": None,                 # e.g. [1]: the benchmark trains on light 1 only
-        "batch_size": 4,
-        "eval_batch_size": 2,
-        "num_workers": 0,
-        "crop": {"mode": "random", "size": None, "ratio": 0.75, "multiple": 96},
-        "eval_crop": {"mode": "center", "size": None, "ratio": 1.0, "multiple": 96},
-        "photometric": {"lighting": None, "brightness": None, "contrast": None, "gamma": None},
-    },
-    "train": {
-        "optimizer": {"name": "adam", "lr": 1.0e-4, "betas": [0.9, 0.999], "eps": 1.0e-5, "weight_decay": 0.0,
-                      "momentum": 0.9},
-        "scheduler": {"name": "step", "step_size": 35, "gamma": 0.5, "interval": "epoch", "eta_min": 0.0},
-        "max_epochs": 75,
-        "max_steps": -1,
-        "loss_lambdas": None,           # {term: lambda} over the model's own loss_terms
-        "precision": "32-true",
-        "gradient_clip_val": None,
-        "val_every_n_epochs": 1,
-        "val_every_n_steps": None,      # validate every N optimiser steps instead of per epoch
-        "limit_val_batches": 1.0,
-        "log_every_n_steps": 10,
-        "checkpoint_every_n_steps": None,   # also at every epoch end and at the end of training
-        "keep_epoch_checkpoints": False,
-        "deterministic": False,
-    },
-}
-
-#: Accepted types of the keys whose default is None (others: the default's type; an int passes for a float).
-_OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
-    "data.lights": (list,), "data.val_subset": (int,), "data.crop.size": (list,),
-    "data.eval_crop.size": (list,),
-    "data.photometric.lighting": (list,), "data.photometric.brightness": (list,),
-    "data.photometric.contrast": (list,), "data.photometric.gamma": (list,),
-    "train.loss_lambdas": (dict,), "train.gradient_clip_val": (float, int),
-    "train.checkpoint_every_n_steps": (int,), "train.val_every_n_steps": (int,),
-    "train.limit_val_batches": (float, int),
-    "train.precision": (str, int),
-}
-_CHOICES = {
-    "data.crop.mode": ("random", "center", "none"), "data.eval_crop.mode": ("random", "center", "none"),
-    "train.optimizer.name": ("adam", "adamw", "sgd", "rmsprop"),
-    "train.scheduler.name": ("step", "exponential", "cosine", "constant"),
-    "train.scheduler.interval": ("epoch", "step"),
-}
-
-
-class ConfigError(ValueError):
-    """A training config is invalid; the message names the file and the key."""
-
-
-# ------------------------------------------------------------------------------------------------ configs
-def _check(section: Any, default: Any, key: str, shown: str, source: str) -> None:
-    """Validate ``section`` against ``default``; ``key`` is its dotted path in :data:`DEFAULTS`
-    (``data.crop``), ``shown`` the path reported in messages (``profiles.tiny.data.crop``)."""
-    if not isinstance(section, dict):
-        raise ConfigError(f"{source}: '{shown}' must be a mapping, got {type(section).__name__}")
-    for name, value in section.items():
-        path, where = f"{key}.{name}".lstrip("."), f"{shown}.{name}"
-        if name not in default:
-            raise ConfigError(f"{source}: unknown key '{where}'; accepted: {', '.join(sorted(default))}")
-        ref = default[name]
-        if isinstance(ref, dict):
-            _check(value, ref, path, where, source)
-            continue
-        if value is None:
-            continue
-        types = _OPTIONAL_TYPES.get(path) or ((float, int) if isinstance(ref, float) else (type(ref),))
-        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-            names = " or ".join(t.__name__ for t in types)
-            raise ConfigError(f"{source}: '{where}' must be {names}, got {value!r} ({type(value).__name__})")
-        if path in _CHOICES and value not in _CHOICES[path]:
-            raise ConfigError(f"{source}: '{where}' must be one of {_CHOICES[path]}, got {value!r}")
-
-
-def _merge(base: dict, extra: Mapping) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def training_config(name: str, profile: str = "full", overrides: Mapping | None = None) -> dict[str, Any]:
-    """The validated ``{"data": ..., "train": ...}`` training config of model ``name`` and ``profile``.
-
-    Merge order: :data:`DEFAULTS` <- ``profiles.full`` <- ``profiles.<profile>`` <- ``overrides`` (a nested
-    mapping such as ``{"train": {"optimizer": {"lr": 1e-3}}}``). Unknown keys, wrong types and unknown choices
-    raise :class:`ConfigError` naming the config file and the dotted key.
-    """
-    config = load_config(name)
-    source = str(CONFIG_DIR / f"{name}.yaml")
-    profiles = config.get("profiles") or {}
-    if profile != "full" and profile not in profiles:
-        raise ConfigError(f"{source}: unknown profile {profile!r}; available: {sorted({'full', *profiles})}")
-    merged = copy.deepcopy(DEFAULTS)
-    for pname in dict.fromkeys(("full", profile)):
-        section = profiles.get(pname) or {}
-        for key in section:
-            if key not in ("model", "data", "train"):
-                raise ConfigError(f"{source}: unknown key 'profiles.{pname}.{key}'; "
-                                  "accepted: model, data, train")
-        for key in ("data", "train"):
-            if section.get(key) is not None:
-                _check(section[key], DEFAULTS[key], key, f"profiles.{pname}.{key}", source)
-                merged[key] = _merge(merged[key], section[key])
-    if overrides:
-        _check(dict(overrides), DEFAULTS, "", "overrides", "override")
-        merged = _merge(merged, overrides)
-    _check(merged, DEFAULTS, "", "config", source)
-    return merged
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-    node[keys[-1]] = value
-
-
-# ------------------------------------------------------------------------------------------------ data
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Run a block with python, numpy and torch (CPU) global RNGs seeded by ``seed``, then restore them."""
-    py_state, np_state = random.getstate(), np.random.get_state()  # noqa: NPY002
-    with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        np.random.seed(seed % 2**32)  # noqa: NPY002 - transforms may draw from the legacy global RNG
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)  # noqa: NPY002
-
-
-class SeededSamples(Dataset):
-    """Wraps a dataset so that item ``(index, seed)`` applies ``transform`` under a fixed RNG seed.
-
-    A plain integer index applies the transform without seeding (evaluation, deterministic transforms).
-    """
-
-    def __init__(self, dataset: Dataset, transform=None) -> None:
-        self.dataset, self.transform = dataset, transform
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        sample = self.dataset[int(index)]
-        if self.transform is None:
-            return sample
-        if seed is None:
-            return self.transform(sample)
-        with _seeded(int(seed)):
-            return self.transform(sample)
-
-
-class StepSampler(Sampler):
-    """Shuffled sample order and per-sample augmentation seeds as a function of (seed, epoch) only.
-
-    Yields ``(index, item_seed)``. :meth:`position` places the next iteration at the sample that follows
-    ``global_step`` optimiser steps of ``batch_size`` samples, so a resumed run continues mid-epoch exactly
-    where the interrupted one stopped (``len`` stays the full epoch, so the trainer's epoch length is fixed).
-    """
-
-    def __init__(self, n: int, seed: int, batch_size: int, drop_last: bool = True) -> None:
-        self.n, self.seed, self.batch_size, self.drop_last = n, int(seed), batch_size, drop_last
-        self.epoch, self.skip = 0, 0
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
-
-    def position(self, global_step: int, resume_mid_epoch: bool = True) -> None:
-        self.epoch, done = divmod(int(global_step), self.batches_per_epoch)
-        self.skip = done * self.batch_size if resume_mid_epoch else 0
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch, skip = self.epoch, self.skip
-        self.skip = 0
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(self.n, generator=generator).tolist()
-        seeds = torch.randint(0, 2**62, (self.n,), generator=generator).tolist()
-        yield from list(zip(order, seeds, strict=True))[skip:]
-
-
-def build_transform(data_cfg: Mapping[str, Any], train: bool):
-    """Crop (+ photometric augmentation when ``train``) from a ``data:`` config: a callable on sample dicts.
-
-    ``crop.size`` [h, w] in px, else ``crop.ratio`` of the image; both rounded down to ``crop.multiple`` px.
-    ``photometric``: ``lighting`` = range of the PCA lighting sigma, ``brightness``/``contrast``/``gamma``
-    = factor ranges (see :class:`dpface_lib.transforms.PhotometricJitter`); all None = no jitter.
-    """
-    from dpface_lib import transforms as T
-
-    crop = data_cfg["crop" if train else "eval_crop"]
-    steps = []
-    if crop["mode"] != "none":
-        size = [int(v) for v in crop["size"]] if crop["size"] else float(crop["ratio"])
-        cls = T.RandomCrop if crop["mode"] == "random" else T.CenterCrop
-        steps.append(cls(size, multiple_of=int(crop["multiple"])))
-    photo = {k: None if v is None else tuple(float(x) for x in v) for k, v in data_cfg["photometric"].items()}
-    if train and any(v is not None for v in photo.values()):
-        steps.append(T.PhotometricJitter(**photo))
-    return T.Compose(steps) if steps else None
-
+__all__ = ["DPFaceDataModule", "DPFaceModule", "cli", "train_model"]
 
 class DPFaceDataModule(pl.LightningDataModule):
     """Train / validation / test loaders over :class:`dpface_lib.data.FaceDPDataset` (``data:`` config)."""
@@ -362,25 +138,6 @@ def _lr_lambda(cfg: Mapping[str, Any], steps_per_epoch: int, total_steps: int, b
     return factor
 
 
-def _rng_state() -> dict[str, Any]:
-    """Global RNG states as tensors and plain containers (loadable with ``weights_only=True``)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
-    numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 #: Per-epoch validation metrics that are logged (when the model predicts what they need).
 VAL_METRICS = ("ai1", "ai2", "spearman", "absrel", "rmse", "delta1", "mean_deg")
 
@@ -401,8 +158,8 @@ class DPFaceModule(pl.LightningModule):
         self.model_kwargs = dict(model_args(name, profile, **dict(model_overrides or {})))
         self.config = copy.deepcopy(dict(config)) if config is not None else training_config(name, profile)
         self.model = build_model(name, "full", **self.model_kwargs)
-        self.save_hyperparameters({"model": name, "profile": profile, "model_args": _plain(self.model_kwargs),
-                                   "config": _plain(self.config)})
+        self.save_hyperparameters({"model": name, "profile": profile, "model_args": plain(self.model_kwargs),
+                                   "config": plain(self.config)})
         terms = dict(getattr(self.model, "loss_terms", {"smooth_l1": 1.0}))
         lambdas = self.config["train"]["loss_lambdas"] or {}
         # every disparity model may also use Garg et al.'s affine-invariant term
@@ -483,104 +240,15 @@ class DPFaceModule(pl.LightningModule):
     def checkpoint_meta(self) -> dict[str, Any]:
         """What :func:`load_model` needs to rebuild the network (plain containers only)."""
         return {"format": CHECKPOINT_FORMAT, "model": self.model_name, "profile": self.profile,
-                "model_args": _plain(self.model_kwargs), "config": _plain(self.config)}
+                "model_args": plain(self.model_kwargs), "config": plain(self.config)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.checkpoint_meta()
-        checkpoint["rng_states"] = _rng_state()
+        checkpoint["rng_states"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng_states" in checkpoint:
-            _set_rng_state(checkpoint["rng_states"])
-
-
-def _plain(value: Any) -> Any:
-    """Deep copy with tuples as lists and numpy scalars as Python numbers (safe for weights-only loads)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-# ------------------------------------------------------------------------------------------------ checkpoints
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint to a temporary file in the target folder, fsyncs it and renames it over the
-    target, so an interrupted save never leaves a truncated file under the final name; loads weights-only."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
-                        storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None,
-                        weights_only: bool | None = None) -> dict[str, Any]:
-        return load_checkpoint(path, map_location=map_location)
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint dict with ``torch.load(weights_only=True)``; a missing or unreadable file raises
-    :class:`FileNotFoundError` / :class:`ValueError` naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # unpickling errors come in several types
-        raise ValueError(f"{path}: not a readable checkpoint (weights-only load failed: {exc})") from exc
-
-
-def load_model(checkpoint_path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
-    """The trained network of a checkpoint, rebuilt from the configuration saved in it, in eval mode."""
-    checkpoint = load_checkpoint(checkpoint_path, map_location=map_location)
-    meta = checkpoint.get(CHECKPOINT_KEY)
-    if not isinstance(meta, dict) or "model" not in meta:
-        raise ValueError(f"{checkpoint_path}: not a DP-Face training checkpoint (no '{CHECKPOINT_KEY}' "
-                         "entry)")
-    model = build_model(meta["model"], "full", **meta["model_args"])
-    prefix = "model."
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    model.load_state_dict(state, strict=True)
-    model.to(map_location if isinstance(map_location, str | torch.device) else "cpu")
-    return model.eval()
-
-
-class SaveLastCheckpoint(pl.Callback):
-    """``checkpoints/last.ckpt`` every ``every_n_steps`` optimiser steps, at each epoch end and at the end of
-    training (plus ``epoch=NNN.ckpt`` per epoch when ``keep_epochs``); written through the trainer's
-    checkpoint IO (atomic)."""
-
-    def __init__(self, dirpath: str | os.PathLike, every_n_steps: int | None = None,
-                 keep_epochs: bool = False) -> None:
-        self.dirpath, self.every_n_steps, self.keep_epochs = Path(dirpath), every_n_steps, keep_epochs
-
-    @property
-    def last(self) -> Path:
-        return self.dirpath / "last.ckpt"
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            trainer.save_checkpoint(self.last, weights_only=False)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainer.save_checkpoint(self.last, weights_only=False)
-        if self.keep_epochs:
-            path = self.dirpath / f"epoch={trainer.current_epoch:03d}.ckpt"
-            trainer.save_checkpoint(path, weights_only=False)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainer.save_checkpoint(self.last, weights_only=False)
+            set_rng_state(checkpoint["rng_states"])
 
 
 # --------------------------------------------------------------------------------------------- entry points
@@ -671,16 +339,6 @@ def train_model(
             "module": module, "trainer": trainer}
 
 
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.optimizer.lr=1e-3), got {item!r}")
-        _set_dotted(tree, key.strip(), yaml.safe_load(text))
-    return tree
-
-
 def cli(argv: list[str] | None = None) -> int:
     """``dpface train``: train a registered model from its YAML config (see ``--help``)."""
     from dpface_lib.models import list_models
@@ -710,12 +368,12 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress-bar", action="store_true")
     args = parser.parse_args(argv)
     try:
-        overrides = _parse_set(args.set)
+        overrides = parse_overrides(args.set)
         for key, value in (("train.optimizer.lr", args.lr), ("data.batch_size", args.batch_size),
                            ("data.num_workers", args.num_workers)):
             if value is not None:
-                _set_dotted(overrides, key, value)
-        model_overrides = _parse_set(args.model_arg)
+                set_dotted(overrides, key, value)
+        model_overrides = parse_overrides(args.model_arg, "--model-arg")
         from dpface_lib.notebook import resolve_data_root
 
         devices = int(args.devices) if str(args.devices).isdigit() else args.devices

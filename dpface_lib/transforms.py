@@ -22,7 +22,7 @@ Random transforms draw from ``generator`` when one is given (reproducible), else
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -276,3 +276,22 @@ class Compose:
 
     def __repr__(self) -> str:
         return "Compose([" + ", ".join(type(t).__name__ for t in self.transforms) + "])"
+
+
+def build_transform(data_cfg: Mapping[str, Any], train: bool):
+    """Crop (+ photometric augmentation when ``train``) from a ``data:`` config: a callable on sample dicts.
+
+    ``crop.size`` [h, w] in px, else ``crop.ratio`` of the image; both rounded down to ``crop.multiple`` px.
+    ``photometric``: ``lighting`` = range of the PCA lighting sigma, ``brightness``/``contrast``/``gamma``
+    = factor ranges (see :class:`PhotometricJitter`); all None = no jitter.
+    """
+    crop = data_cfg["crop" if train else "eval_crop"]
+    steps = []
+    if crop["mode"] != "none":
+        size = [int(v) for v in crop["size"]] if crop["size"] else float(crop["ratio"])
+        cls = RandomCrop if crop["mode"] == "random" else CenterCrop
+        steps.append(cls(size, multiple_of=int(crop["multiple"])))
+    photo = {k: None if v is None else tuple(float(x) for x in v) for k, v in data_cfg["photometric"].items()}
+    if train and any(v is not None for v in photo.values()):
+        steps.append(PhotometricJitter(**photo))
+    return Compose(steps) if steps else None

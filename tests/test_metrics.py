@@ -12,15 +12,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from metric_oracles import affine_midrank, depth_oracle, normal_oracle, reference_spearman
 
 from dpface_lib.metrics import (
     AFFINE_KEYS,
     DEPTH_KEYS,
     NORMAL_KEYS,
+    EvaluationError,
     affine_invariant_metrics,
     depth_metrics,
     fit_affine,
-    metrics_frame,
     normal_metrics,
 )
 
@@ -98,13 +99,39 @@ def test_hand_computed_spearman():
     # ranks (1, 2, 3, 4) vs (1, 3, 2, 4): rho = 1 - 6 * sum d^2 / (n (n^2 - 1)) = 1 - 6 * 2 / 60 = 0.8
     out = affine_invariant_metrics(np.array([[1.0, 2, 3, 4]]), np.array([[1.0, 3, 2, 4]]))
     assert out["spearman"] == pytest.approx(0.2, abs=1e-12)
-    # ties get average ranks: pred ranks (1.5, 1.5, 3, 4), gt ranks (1, 2, 3, 4); centred
+    # mid-ranks: ties get average ranks: pred ranks (1.5, 1.5, 3, 4), gt ranks (1, 2, 3, 4); centred
     # (-1, -1, .5, 1.5) and (-1.5, -.5, .5, 1.5): cov 4.5, var 4.5 and 5 -> rho = 4.5 / sqrt(22.5)
-    out = affine_invariant_metrics(np.array([[1.0, 1, 2, 3]]), np.array([[1.0, 2, 3, 4]]))
+    out = affine_invariant_metrics(np.array([[1.0, 1, 2, 3]]), np.array([[1.0, 2, 3, 4]]), spearman="midrank")
     assert out["spearman"] == pytest.approx(1 - 4.5 / math.sqrt(22.5), abs=1e-12)
     # a reversed order is as good as the right one (|rho|)
     out = affine_invariant_metrics(np.array([[4.0, 3, 2, 1]]), np.array([[1.0, 2, 3, 4]]))
     assert out["spearman"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_reference_spearman_convention_hand_computed():
+    """The released convention, derived by hand. Ranks r are rescaled to (r - n//2) / (n//2); rho is the
+    w-weighted E[ab] - E[a]E[b] over sqrt(var var); |rho| is max(rho(rank x), rho(rank(-x)))."""
+    # 1. Ties in pixel order: pred (1, 1, 2, 3) ranks (0, 1, 2, 3) -> (-1, -.5, 0, .5); gt (2, 1, 3, 4)
+    #    ranks (1, 0, 2, 3) -> (-.5, -1, 0, .5). Means -1/4 each, E[ab] = 1.25 / 4, cov = 0.25, var = 0.3125
+    #    each: rho = 0.8. rank(-pred) = (2, 3, 1, 0) -> rho = -1. spearman = 1 - 0.8. (Mid-ranks: 0.0513.)
+    pred, gt = np.array([[1.0, 1, 2, 3]]), np.array([[2.0, 1, 3, 4]])
+    assert affine_invariant_metrics(pred, gt)["spearman"] == pytest.approx(0.2, abs=1e-12)
+    midrank = affine_invariant_metrics(pred, gt, spearman="midrank")["spearman"]
+    assert midrank == pytest.approx(1 - 4.5 / math.sqrt(22.5), abs=1e-12)
+    # 2. A masked pixel shifts the ranks: pred (3, 1, 2, 1.5), weights (1, 1, 1, 0), gt (1, 2, 3, 4).
+    #    rank pred = (3, 0, 2, 1) -> (.5, -1, 0, -.5); over the weighted pixels mean -1/6, var 7/18; gt
+    #    (-1, -.5, 0) mean -1/2, var 1/6; cov = 0 - 1/12 -> rho = -sqrt(3/28). rank(-pred) = (0, 3, 1, 2) ->
+    #    rho = +sqrt(3/28). spearman = 1 - sqrt(3/28); mid-ranks of the three weighted pixels give 0.5.
+    pred, gt, w = np.array([[3.0, 1, 2, 1.5]]), np.array([[1.0, 2, 3, 4]]), np.array([[1.0, 1, 1, 0]])
+    expected = 1 - math.sqrt(3 / 28)
+    assert affine_invariant_metrics(pred, gt, w)["spearman"] == pytest.approx(expected, abs=1e-12)
+    assert affine_invariant_metrics(pred, gt, w, spearman="midrank")["spearman"] == pytest.approx(0.5)
+    # 3. A constant prediction correlates with the pixel order: gt increasing in pixel order -> rho = 1.
+    gt = np.arange(12.0).reshape(3, 4)
+    assert affine_invariant_metrics(np.full((3, 4), 7.0), gt)["spearman"] == pytest.approx(0.0, abs=1e-12)
+    assert affine_invariant_metrics(np.full((3, 4), 7.0), gt, spearman="midrank")["spearman"] == 1.0
+    with pytest.raises(EvaluationError, match="spearman must be one of"):
+        affine_invariant_metrics(gt, gt, spearman="kendall")
 
 
 def test_weights_select_pixels_and_ignore_values_outside():
@@ -114,7 +141,7 @@ def test_weights_select_pixels_and_ignore_values_outside():
     mask = rng.random(gt.shape) > 0.4
     polluted_pred, polluted_gt = pred.copy(), gt.copy()
     polluted_pred[~mask], polluted_gt[~mask] = np.nan, 1e6
-    _assert_close(affine_invariant_metrics(polluted_pred, polluted_gt, mask),
+    _assert_close(affine_invariant_metrics(polluted_pred, polluted_gt, mask, spearman="midrank"),
                   affine_invariant_metrics(pred[mask][None], gt[mask][None]), AFFINE_KEYS)
 
 
@@ -130,8 +157,9 @@ def test_against_reference_transcription_and_scipy():
         assert out["ai2"] == pytest.approx(ref["ai2"], rel=1e-10)
         mask = w > 0
         rho = scipy.stats.spearmanr(pred[mask], gt[mask]).statistic
-        out_binary = affine_invariant_metrics(pred, gt, mask)
+        out_binary = affine_invariant_metrics(pred, gt, mask, spearman="midrank")
         assert out_binary["spearman"] == pytest.approx(1 - abs(rho), abs=1e-10)
+        assert out["spearman"] == pytest.approx(reference_spearman(pred, gt, w), abs=1e-10)
 
 
 def test_ai1_is_never_below_the_exact_l1_optimum():
@@ -151,11 +179,12 @@ def test_constant_maps_and_ties_are_finite():
     # constant prediction: the best affine map is the mean of gt (5.5); residuals |gt - 5.5|
     assert out["ai2"] == pytest.approx(np.sqrt(np.mean((gt - 5.5) ** 2)))
     assert out["ai1"] == pytest.approx(np.mean(np.abs(gt - np.median(gt))), rel=1e-3)
-    assert out["spearman"] == 1.0
-    out = affine_invariant_metrics(gt, np.full((3, 4), 2.0))
+    assert affine_invariant_metrics(np.full((3, 4), 7.0), gt, spearman="midrank")["spearman"] == 1.0
+    out = affine_invariant_metrics(gt, np.full((3, 4), 2.0), spearman="midrank")
     assert out["ai1"] == pytest.approx(0, abs=1e-12) and out["ai2"] == pytest.approx(0, abs=1e-12)
     assert out["spearman"] == 1.0
-    torch_out = affine_invariant_metrics(torch.full((2, 3, 4), 7.0), torch.tensor(gt).expand(2, 3, 4))
+    torch_out = affine_invariant_metrics(torch.full((2, 3, 4), 7.0), torch.tensor(gt).expand(2, 3, 4),
+                                         spearman="midrank")
     assert torch.isfinite(torch.stack(list(torch_out.values()))).all()
     assert torch_out["spearman"].tolist() == [1.0, 1.0]
 
@@ -214,6 +243,13 @@ def test_affine_properties_and_torch_agreement(case):
     as_batch = [torch.tensor(a)[None] for a in (pred, gt, weight)]
     batch = affine_invariant_metrics(*as_batch)
     _assert_close(out, {k: v[0] for k, v in batch.items()}, AFFINE_KEYS, rtol=1e-7, atol=1e-9)
+    # against the independent numpy oracles
+    oracle = affine_midrank(pred, gt, weight)
+    _assert_close(out, oracle, ("ai1", "ai2"), rtol=1e-7, atol=1e-9)
+    midrank = affine_invariant_metrics(pred, gt, weight, spearman="midrank")
+    assert midrank["spearman"] == pytest.approx(oracle["spearman"], abs=1e-9)
+    if np.count_nonzero(weight) > 1:  # one weighted pixel: the oracle's Pearson is 0 / 0
+        assert out["spearman"] == pytest.approx(reference_spearman(pred, gt, weight), abs=1e-9)
 
 
 @SETTINGS
@@ -226,11 +262,11 @@ def test_integer_weight_equals_repeating_the_pixel(case, flat_index):
     repeat = np.ones(weight.size, dtype=int)
     repeat[k] = 3
     expanded = [np.repeat(a.ravel(), repeat)[None] for a in (pred, gt)]
-    _assert_close(affine_invariant_metrics(pred, gt, weight), affine_invariant_metrics(*expanded),
-                  AFFINE_KEYS, rtol=1e-7, atol=1e-9)
+    _assert_close(affine_invariant_metrics(pred, gt, weight, spearman="midrank"),
+                  affine_invariant_metrics(*expanded, spearman="midrank"), AFFINE_KEYS, rtol=1e-7, atol=1e-9)
 
 
-def test_batched_torch_equals_per_sample_numpy():
+def test_batch_equals_single_samples_and_the_oracles():
     rng = np.random.default_rng(4)
     gt = rng.integers(0, 6, (5, 9, 11)).astype(float)  # many ties, per-row sort groups must not mix
     pred = gt * rng.normal(size=(5, 1, 1)) + rng.integers(0, 3, gt.shape)
@@ -242,6 +278,8 @@ def test_batched_torch_equals_per_sample_numpy():
         single = affine_invariant_metrics(pred[i], gt[i], w[i])
         _assert_close(single, {k: v[i] for k, v in batch.items()}, AFFINE_KEYS)
         _assert_close(single, {k: v[i] for k, v in numpy_stack.items()}, AFFINE_KEYS)
+        _assert_close(single, affine_midrank(pred[i], gt[i], w[i]), ("ai1", "ai2"))
+        assert single["spearman"] == pytest.approx(reference_spearman(pred[i], gt[i], w[i]), abs=1e-10)
     assert batch["ai1"].shape == (5,) and batch["ai1"].dtype == torch.float64
 
 
@@ -297,6 +335,8 @@ def test_depth_properties_and_torch_agreement(case):
         if key.startswith("delta"):
             assert (values[usable] <= 1).all()
         np.testing.assert_allclose(batch[key].numpy(), values, rtol=1e-9, atol=1e-12, err_msg=key)
+        oracle = [np.nan if row is None else row[key] for row in depth_oracle(pred, gt, mask)]
+        np.testing.assert_allclose(values, oracle, rtol=1e-9, atol=1e-12, err_msg=key)
     assert (out["delta1"] <= out["delta2"])[usable].all() and (out["delta2"] <= out["delta3"])[usable].all()
 
 
@@ -350,8 +390,10 @@ def test_normals_mask_empty_and_agreement():
     pred[~np.broadcast_to(mask[:, None], pred.shape)] = np.nan  # ignored outside the mask
     numpy_out = normal_metrics(pred, gt, mask)
     torch_out = normal_metrics(torch.tensor(pred), torch.tensor(gt), torch.tensor(mask))
+    oracle = normal_oracle(pred, gt, mask)
     for key in NORMAL_KEYS:
         np.testing.assert_allclose(torch_out[key].numpy(), numpy_out[key], rtol=1e-9, err_msg=key)
+        np.testing.assert_allclose(numpy_out[key], [row[key] for row in oracle], rtol=1e-9, err_msg=key)
         assert ((numpy_out[key] >= 0) & np.isfinite(numpy_out[key])).all()
     single = normal_metrics(pred[1], gt[1], mask[1])
     assert single["median_deg"] == pytest.approx(numpy_out["median_deg"][1])
@@ -362,15 +404,6 @@ def test_normals_mask_empty_and_agreement():
     assert np.isnan(out["mean_deg"][2]) and np.isfinite(out["mean_deg"][[0, 1, 3]]).all()
     with pytest.raises(ValueError, match=r"\(3, H, W\)"):
         normal_metrics(pred[:, :2], gt[:, :2])
-
-
-def test_metrics_frame_rows_per_sample():
-    gt = torch.rand(3, 4, 4) + 1
-    frame = metrics_frame(affine_invariant_metrics(gt * 2, gt, torch.ones_like(gt)),
-                          {"sample_id": ["a", "b", "c"]})
-    assert list(frame.columns) == ["sample_id", *AFFINE_KEYS] and len(frame) == 3
-    with pytest.raises(ValueError, match="different lengths"):
-        metrics_frame({"ai1": [1.0, 2.0]}, {"sample_id": ["a"]})
 
 
 @pytest.mark.cuda

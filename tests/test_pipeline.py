@@ -183,7 +183,7 @@ def test_cli_lists_runs(project: Path, capsys) -> None:
     assert pipeline.cli([str(spec), "--out", str(project / "o"), "--list"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["s__x-1", "s__x-2"]
-    assert pipeline.cli([str(spec), "--out", str(project / "o"), "--only", "zzz"]) == 1
+    assert pipeline.cli([str(spec), "--out", str(project / "o"), "--only", "zzz"]) == 2
 
 
 def test_dataset_section_is_generated_once_and_fills_its_placeholder(project: Path, monkeypatch) -> None:

@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from dpface_lib.checkpoint import load_model
 from dpface_lib.cli import main
 from dpface_lib.predict import PredictError, predict_pair, read_calibration
-from dpface_lib.train import DPFaceModule, load_model
+from dpface_lib.train import DPFaceModule
 
 A, B = -4619.0, 5.73
 

@@ -11,23 +11,16 @@ import torch
 import yaml
 from conftest import write_tiny_dataset
 
+import dpface_lib.config as config_module
 import dpface_lib.models as models
 import dpface_lib.train as train
+from dpface_lib.checkpoint import AtomicCheckpointIO, CheckpointError, load_checkpoint, load_model
+from dpface_lib.config import ConfigError, training_config
 from dpface_lib.losses import affine_invariant_l1, smooth_l1_disparity
+from dpface_lib.metrics import batch_metrics
 from dpface_lib.models import list_models
-from dpface_lib.train import (
-    AtomicCheckpointIO,
-    ConfigError,
-    DPFaceModule,
-    SeededSamples,
-    StepSampler,
-    batch_metrics,
-    cli,
-    load_checkpoint,
-    load_model,
-    train_model,
-    training_config,
-)
+from dpface_lib.sampling import SeededSamples, StepSampler
+from dpface_lib.train import DPFaceModule, cli, train_model
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -70,7 +63,7 @@ def test_config_file_errors_name_the_file(tmp_path: Path, monkeypatch: pytest.Mo
     config["profiles"]["tiny"]["train"]["max_step"] = 3
     (tmp_path / "broken.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.setattr(models, "CONFIG_DIR", tmp_path)
-    monkeypatch.setattr(train, "CONFIG_DIR", tmp_path)
+    monkeypatch.setattr(config_module, "CONFIG_DIR", tmp_path)
     with pytest.raises(ConfigError, match=r"broken\.yaml: unknown key 'profiles\.tiny\.train\.max_step'"):
         training_config("broken", "tiny")
 
@@ -188,8 +181,8 @@ def test_atomic_save_keeps_previous_checkpoint_when_a_save_dies(tmp_path: Path, 
     io, path = AtomicCheckpointIO(), tmp_path / "ckpt" / "last.ckpt"
     io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, path)
 
-    def dying_save(obj, handle, *args, **kwargs):
-        handle.write(b"PK\x03\x04 half a checkpoint")
+    def dying_save(obj, target, *args, **kwargs):  # torch.save(obj, path) writing half a file, then dying
+        Path(target).write_bytes(b"PK\x03\x04 half a checkpoint")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", dying_save)
@@ -209,7 +202,7 @@ def test_checkpoints_are_loaded_weights_only(tmp_path: Path) -> None:
     torch.save({"state_dict": {}, "payload": _Payload()}, tmp_path / "evil.ckpt")
     with pytest.raises(ValueError, match="weights-only load failed"):
         load_checkpoint(tmp_path / "evil.ckpt")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointError, match="missing.ckpt does not exist"):
         load_checkpoint(tmp_path / "missing.ckpt")
 
 

@@ -98,9 +98,12 @@ def deform_conv3d(
     return torch.ops.dpface.deform_conv3d(input, offset, weight, bias, mask, *args, save)[0]
 
 
-#: Largest column buffer (bytes) that the forward keeps for the backward's weight gradient; larger ones are
-#: sampled again in the backward. Environment variable DPFACE_SAVE_COLUMNS_MAX_MB overrides it (0 = never).
-SAVE_COLUMNS_MAX_BYTES = int(float(os.environ.get("DPFACE_SAVE_COLUMNS_MAX_MB", "1024")) * 2**20)
+#: Largest column buffer (bytes, all N samples) that the forward keeps for the backward's weight gradient;
+#: larger ones are sampled again in the backward. Saving trades memory for one sampling pass: the op's peak
+#: grows by N-1 per-sample column blocks (none at N = 1), and the backward gets 10-15 % faster on the CPU and
+#: about 8 % on a GPU (docs/benchmarks.md). Environment variable DPFACE_SAVE_COLUMNS_MAX_MB overrides it
+#: (0 = never save).
+SAVE_COLUMNS_MAX_BYTES = int(float(os.environ.get("DPFACE_SAVE_COLUMNS_MAX_MB", "256")) * 2**20)
 
 
 def column_bytes(input: torch.Tensor, weight: torch.Tensor, args: tuple) -> int:

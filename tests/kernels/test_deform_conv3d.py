@@ -69,7 +69,7 @@ def test_opcheck(case, save_columns, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_saved_columns_are_the_reference_samples_and_give_the_same_gradients(device):
     """The forward's saved columns equal the oracle's sampled columns (modulation applied), and a backward
-    that reuses them gives the gradients of one that samples again, to the bit."""
+    that reuses them gives the gradients of one that samples again."""
     skip_without_cuda_kernels(device)
     p = make_problem(n=2, c=4, o=6, offset_scale=2.0, device=device)
     args = op_args(p)
@@ -89,8 +89,10 @@ def test_saved_columns_are_the_reference_samples_and_give_the_same_gradients(dev
     resampled = torch.ops.dpface.deform_conv3d_backward(
         grad_out, p["input"], p["offset"], p["weight"], p["mask"], None, *geometry, [True, True, True]
     )
+    # Bit-identical on the CPU; on CUDA the input gradient's atomic adds may sum in another order.
+    atol = 1e-12 if device == "cuda" else 0.0
     for got, want in zip(reused, resampled, strict=True):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        torch.testing.assert_close(got, want, rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize("device", DEVICES)
