@@ -284,8 +284,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-predictions", type=Path, default=None,
                         help="also save the checkpoint's predictions as <dir>/<sample_id>.npz")
     args = parser.parse_args(argv)
-    from dpface_lib.data import DatasetError, FaceDPDataset
-    from dpface_lib.notebook import resolve_data_root
+    from dpface_lib.data import DatasetError, FaceDPDataset, resolve_data_root
 
     root = resolve_data_root(args.data_root)
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from dpface_lib import DATA_SAMPLES, REPO_ROOT, RUNS_DIR
+from dpface_lib.data import resolve_data_root  # noqa: F401  (notebooks import it from here)
 
 
 def setup_notebook(seed: int = 0, *, torch_threads: int | None = None) -> dict[str, Path]:
@@ -36,12 +37,3 @@ def setup_notebook(seed: int = 0, *, torch_threads: int | None = None) -> dict[s
         pass
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
     return {"repo": REPO_ROOT, "data_samples": DATA_SAMPLES, "runs": RUNS_DIR}
-
-
-def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
-    """The dataset root a notebook should read: ``data_root`` if given (relative paths are taken
-    from the repository root), else the committed ``data_samples/``."""
-    if data_root in (None, ""):
-        return DATA_SAMPLES
-    path = Path(data_root).expanduser()
-    return path if path.is_absolute() else (REPO_ROOT / path)

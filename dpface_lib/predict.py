@@ -204,9 +204,8 @@ def export_demo(
     record.
     """
     from dpface_lib.checkpoint import load_checkpoint, load_model
-    from dpface_lib.data import FaceDPDataset
+    from dpface_lib.data import FaceDPDataset, resolve_data_root
     from dpface_lib.evaluate import aggregate, evaluate_model, metric_columns
-    from dpface_lib.notebook import resolve_data_root
 
     out, root = Path(out), resolve_data_root(None if data_root is None else str(data_root))
     checkpoint = load_checkpoint(training_checkpoint)

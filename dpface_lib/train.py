@@ -374,7 +374,7 @@ def cli(argv: list[str] | None = None) -> int:
             if value is not None:
                 set_dotted(overrides, key, value)
         model_overrides = parse_overrides(args.model_arg, "--model-arg")
-        from dpface_lib.notebook import resolve_data_root
+        from dpface_lib.data import resolve_data_root
 
         devices = int(args.devices) if str(args.devices).isdigit() else args.devices
         result = train_model(args.model, resolve_data_root(args.data_root), args.out, args.profile,
