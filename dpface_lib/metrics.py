@@ -1,21 +1,15 @@
 """Evaluation metrics: affine-invariant (disparity / inverse depth), absolute depth (mm) and normals (deg).
 
-One implementation per metric, in torch (float64, any device). Inputs may be numpy arrays or tensors of one
-sample ``(H, W)`` or a batch ``(B, H, W)``: numpy in gives numpy out (floats for one sample, ``(B,)`` arrays
-for a batch), tensors in give float64 tensors out (0-d or ``(B,)``, on the prediction's device). Each sample
-is reduced to its valid pixels first and the metric works on those only, which keeps the CPU path as fast
-as a numpy loop and the GPU path on the device. Independent numpy oracles live in ``tests/``.
+One implementation per metric, in torch (float64, any device), on the valid pixels of each sample only.
+Inputs: numpy arrays or tensors of one sample ``(H, W)`` or a batch ``(B, H, W)``; numpy in gives numpy
+out (floats, or ``(B,)`` arrays), tensors give float64 tensors (0-d or ``(B,)``) on the prediction's
+device. Independent numpy oracles live in ``tests/metric_oracles.py``.
 
-Pixels and samples
-- Only pixels with a positive weight / true mask count; values outside may be anything (NaN included),
-  except for the reference Spearman convention, which ranks every pixel (see
-  :func:`affine_invariant_metrics`).
-- Inside the mask, ground truth and prediction must be finite, else :class:`EvaluationError` names the
-  sample; ``depth_metrics`` instead drops missing ground truth (non-finite, or below its near limit, e.g.
-  0) and clips predictions (see there), because a predicted depth ``a / (d - b)`` is legitimately
-  non-finite.
-- A sample with no valid pixel raises ``EvaluationError("... sample i ...")``; with ``allow_empty=True``
-  its metrics are NaN instead (and only then can a NaN appear).
+Only pixels with a positive weight / true mask count, and values outside them may be anything (NaN too),
+except for the reference Spearman convention, which ranks every pixel. Inside the mask, ground truth and
+prediction must be finite, else :class:`EvaluationError` names the sample (``depth_metrics`` instead drops
+missing ground truth and clips predictions, since ``a / (d - b)`` is legitimately non-finite). A sample
+with no valid pixel raises, naming it; with ``allow_empty=True`` its metrics are NaN instead.
 
 Sources: Garg et al., "Learning Single Camera Depth Estimation using Dual-Pixels", ICCV 2019 (AIWE(1),
 AIWE(2), 1 - |rho_s|) and its released evaluation; Kang et al., ECCV 2022 (depth thresholds 1.01^k and
@@ -47,8 +41,7 @@ IRLS_EPS = 1e-3
 #: a weighted variance below REL_DEGENERATE * mean**2 counts as a constant map.
 REL_DEGENERATE = 1e-24
 METRIC_KEYS = (*AFFINE_KEYS, *DEPTH_KEYS, *NORMAL_KEYS, "invalid_depth")
-#: Per-sample ground-truth descriptors that batch_metrics adds (for error analysis).
-DESCRIPTOR_KEYS = ("valid_px", "depth_mean_mm", "depth_range_mm", "texture")
+DESCRIPTOR_KEYS = ("valid_px", "depth_mean_mm", "depth_range_mm", "texture")  # ground truth, per sample
 #: Predicted depths are clipped into this range (mm) before the absolute depth metrics.
 DEPTH_RANGE_MM = (1.0, 1e5)
 #: "reference": Google's released convention (the default); "midrank": weighted mid-ranks of masked pixels.
@@ -57,9 +50,8 @@ _TINY = 1e-300
 
 
 class EvaluationError(ValueError):
-    """Inputs that cannot be scored (wrong shapes, non-finite values inside the mask, bad weights, an empty
-    sample) or predictions and checkpoints that cannot be evaluated; the message names the metric and
-    sample, or the file."""
+    """Inputs that cannot be scored (bad shapes, weights or values, an empty sample), or predictions that
+    cannot be evaluated; the message names the metric and sample, or the file."""
 
 
 # ----------------------------------------------------------------------------------- input and output
@@ -229,11 +221,9 @@ def _wls_fit(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.T
 
 
 def _pixel_order_ranks(v: torch.Tensor, both_directions: bool = False) -> list[torch.Tensor]:
-    """Ranks of the reference convention from one stable sort of the float32 values: ``rank(v)`` and, if
-    asked, ``rank(-v)``, ties in pixel order both times, each rescaled to (rank - n//2) / (n//2).
-
-    A tie group at sorted positions [start, end) takes positions [n - end, n - start) in the order of -v,
-    its members still in pixel order."""
+    """Reference-convention ranks from one stable sort of the float32 values: ``rank(v)`` and, if asked,
+    ``rank(-v)`` (a tie group at sorted positions [start, end) moves to [n - end, n - start), still in pixel
+    order), each rescaled to (rank - n//2) / (n//2)."""
     n = v.numel()
     ordered, order = torch.sort(_sort_key(v.to(torch.float32)), stable=True)
     position = torch.arange(n, device=v.device)
@@ -251,10 +241,9 @@ def _pixel_order_ranks(v: torch.Tensor, both_directions: bool = False) -> list[t
 
 
 def _sort_key(v: torch.Tensor) -> torch.Tensor:
-    """Integers in the order of the float values (float32 -> int32, float64 -> int64), equal exactly when the
-    values are equal; NaN counts as +inf and -0.0 as 0.0. Integer keys sort by radix on the CPU, about 20x
-    faster than a comparison sort of the floats: IEEE bits read as signed integers order the positive
-    values; flipping the magnitude bits of the negative ones reverses theirs."""
+    """Integers in the order of the float values (float32 -> int32, float64 -> int64; NaN = +inf, -0.0 = 0.0),
+    which torch sorts by radix on the CPU, about 20x faster than the floats: IEEE bits as signed integers
+    order the positive values; flipping the magnitude bits of the negative ones reverses theirs."""
     int_type, magnitude = (torch.int32, 0x7FFFFFFF) if v.dtype == torch.float32 else (torch.int64, 2**63 - 1)
     bits = (torch.nan_to_num(v, nan=float("inf")) + 0.0).view(int_type)
     return torch.where(bits < 0, bits ^ magnitude, bits)
@@ -396,16 +385,15 @@ def _angle_deg(n: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------ per batch
 def batch_metrics(output: Mapping[str, torch.Tensor], batch: Mapping[str, Any], *,
-                  allow_empty: bool = False) -> dict[str, Any]:
+                  allow_empty: bool = False, spearman: str = "reference") -> dict[str, Any]:
     """Every metric for a batch: ``output`` as a model returns it, ``batch`` the (collated) dataset dict.
 
     Args:
         output: ``disparity`` (B, H, W) px and/or ``depth`` (B, H, W) mm, optional ``normal`` (B, 3, H, W).
         batch: needs ``disparity``, ``depth``, ``mask`` (B, H, W), ``a``, ``b`` (B,), and ``normal``
             (B, 3, H, W) when normals are predicted; ``lrsum`` (B, 3, H, W) for the texture descriptor.
-
         allow_empty: give NaN metrics for samples without valid pixels instead of raising (training
-            validation on random crops).
+            validation on random crops). spearman: see :func:`affine_invariant_metrics`.
 
     Returns: dict of (B,) float64 tensors for :data:`METRIC_KEYS` and :data:`DESCRIPTOR_KEYS`, plus
     ``affine_space`` (a list of B strings).
@@ -432,13 +420,14 @@ def batch_metrics(output: Mapping[str, torch.Tensor], batch: Mapping[str, Any], 
     if "disparity" in output:
         space = "disparity"
         affine = affine_invariant_metrics(output["disparity"].detach(), batch["disparity"], mask,
-                                          allow_empty=allow_empty)
+                                          allow_empty=allow_empty, spearman=spearman)
     else:
         space = "inverse_depth"
         clipped = torch.nan_to_num(pred_depth, nan=high, posinf=high, neginf=low).clamp(low, high)
         z_far = torch.where(mask, gt_depth, 0.0).flatten(1).amax(1).reshape(-1, 1, 1)
         gt_inverse = torch.where(mask, z_far / gt_depth.clamp_min(low), 0.0)
-        affine = affine_invariant_metrics(1.0 / clipped, gt_inverse, mask, allow_empty=allow_empty)
+        affine = affine_invariant_metrics(1.0 / clipped, gt_inverse, mask, allow_empty=allow_empty,
+                                          spearman=spearman)
     values = dict(affine)
     values |= depth_metrics(pred_depth, gt_depth, mask, depth_range_mm=DEPTH_RANGE_MM,
                             allow_empty=allow_empty)
