@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dpface_lib import DATA_SAMPLES, REPO_ROOT
-from dpface_lib.geometry import BENCHMARK_CAMERA_AB, depth_to_disparity
+from dpface_lib.geometry import BENCHMARK_CAMERA_AB, depth_to_disparity, intrinsics_from_vector
 from dpface_lib.layout import (
     ARRAY_KEYS,
     IMAGE_KEYS,
@@ -299,7 +299,7 @@ def read_sample(
 
     params = record["PARAMS"]
     intr = parse_literal_array(params["intrinsic"], name="intrinsic", file=json_path, sizes=range(5, 17))
-    K = np.array([[intr[0], intr[2], intr[3]], [0.0, intr[1], intr[4]], [0.0, 0.0, 1.0]])
+    K = intrinsics_from_vector(intr)
     pose_values = parse_literal_array(params["pose"], name="pose", file=json_path, sizes=(12, 16))
     pose = np.eye(4)
     pose[: len(pose_values) // 4] = pose_values.reshape(-1, 4)

@@ -69,22 +69,10 @@ import torch
 ArrayLike = Any  # np.ndarray | torch.Tensor | float
 
 __all__ = [
-    "BENCHMARK_CAMERA_AB",
-    "BENCHMARK_K_DP",
-    "BENCHMARK_OPTICS",
-    "Optics",
-    "backproject",
-    "circle_of_confusion",
-    "crop_intrinsics",
-    "depth_error_per_pixel",
-    "depth_to_disparity",
-    "disparity_to_depth",
-    "intrinsics_matrix",
-    "normals_from_depth",
-    "normals_to_rgb",
-    "scale_intrinsics",
-    "thin_lens_ab",
-    "zero_disparity_depth",
+    "BENCHMARK_CAMERA_AB", "BENCHMARK_K_DP", "BENCHMARK_OPTICS", "Optics", "backproject",
+    "circle_of_confusion", "crop_intrinsics", "depth_error_per_pixel", "depth_to_disparity",
+    "disparity_to_depth", "intrinsics_from_vector", "intrinsics_matrix", "intrinsics_to_vector",
+    "normals_from_depth", "normals_to_rgb", "scale_intrinsics", "thin_lens_ab", "zero_disparity_depth",
 ]
 
 
@@ -323,6 +311,22 @@ def intrinsics_matrix(fx: float, fy: float, cx: float, cy: float, skew: float = 
     """``K = [[fx, skew, cx], [0, fy, cy], [0, 0, 1]]`` (float64), mapping camera points to pixel
     indices (pixel centres at integer coordinates)."""
     return np.array([[fx, skew, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=np.float64)
+
+
+def intrinsics_from_vector(values: ArrayLike) -> np.ndarray:
+    """K (3, 3) from the benchmark's ``PARAMS.intrinsic`` vector ``[fx, fy, skew, cx, cy, ...]`` (at least 5
+    entries; the rest are unused distortion slots)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size < 5:
+        raise ValueError(f"an intrinsic vector needs [fx, fy, skew, cx, cy], got {v.size} values")
+    return intrinsics_matrix(fx=v[0], fy=v[1], cx=v[3], cy=v[4], skew=v[2])
+
+
+def intrinsics_to_vector(K: ArrayLike) -> list[float]:
+    """The benchmark's 9-entry ``PARAMS.intrinsic`` vector ``[fx, fy, skew, cx, cy, 0, 0, 0, 0]`` of K."""
+    K = np.asarray(K, dtype=np.float64)
+    fx, fy, skew, cx, cy = (float(K[i, j]) for i, j in ((0, 0), (1, 1), (0, 1), (0, 2), (1, 2)))
+    return [fx, fy, skew, cx, cy, 0.0, 0.0, 0.0, 0.0]
 
 
 def scale_intrinsics(K: ArrayLike, sx: float, sy: float | None = None) -> ArrayLike:

@@ -151,7 +151,7 @@ def load_image(path: Path) -> np.ndarray:
             image.load()
             rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"{path}: corrupt or unreadable image ({exc})") from exc
+        raise DatasetError(f"{path}: not a readable image (corrupt or unsupported: {exc})") from exc
     return rgb / 255.0
 
 

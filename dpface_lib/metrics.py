@@ -135,11 +135,11 @@ def affine_invariant_metrics(pred, gt, weight=None, *, spearman: str = "referenc
           of the float32 values of **every pixel** of the map (masked ones included; non-finite values
           rank last), ties broken by pixel order, the weights applied only in the Pearson step, and
           |rho_s| taken as max(rho(rank pred, rank gt), rho(rank(-pred), rank gt)) (the two differ only
-          through ties). Its quirk: pixels outside the mask shift the ranks, and a constant prediction
-          correlates with the pixel order. ``"midrank"`` ranks only weighted pixels by weighted mid-ranks
-          (a pixel's rank is the weight below it plus half the weight of its tie group) and scores a map
-          that is constant over the mask as rho_s = 0 (spearman = 1). Either way a degenerate rank
-          variance (a single weighted pixel) gives spearman = 1.
+          through ties). Its quirks: pixels outside the mask shift the ranks, a constant prediction
+          correlates with the pixel order, and ties can make both correlations negative (up to 2).
+          ``"midrank"`` ranks only weighted pixels by weighted mid-ranks (the weight below a pixel plus
+          half its tie group's) and scores a map constant over the mask as spearman = 1. Either way a
+          single weighted pixel gives spearman = 1.
     Weights enter every sum as multipliers (the reference's sqrt(w) row scaling of the least squares).
     """
     name = "affine_invariant_metrics"

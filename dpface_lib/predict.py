@@ -10,7 +10,7 @@ being the left view moved down by ``d`` px). Depth needs the pair's Disp2Depth c
 (Z in mm): ``--a/--b`` or ``--calib`` with a JSON holding either
 ``{"a": .., "b": .., "K": [[..], [..], [..]]}`` (``K`` optional; ``"intrinsic": [fx, fy, skew, cx, cy]``
 also accepted) or a dataset ``INFO_*.json`` (its ``PARAMS.abvalue`` = [a, b] and ``PARAMS.intrinsic``).
-Without intrinsics the normal module assumes ``fx = fy = 2.7 H`` (the framing of the generated set)
+Without intrinsics the normal module assumes ``fx = fy = 2.705 H`` (the framing of the generated set)
 and the image centre as principal point.
 
 Sizes that are not multiples of 16 (the network's coarsest stride) are padded at the bottom and right by
@@ -32,32 +32,26 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from dpface_lib.fileio import atomic_write
+from dpface_lib.demo import DEMO_CHECKPOINT
+from dpface_lib.fileio import atomic_save_npy, atomic_write
+from dpface_lib.geometry import intrinsics_from_vector
+from dpface_lib.layout import DatasetError, load_image, parse_literal_array
+from dpface_lib.simulate.rig import NOMINAL_FOCAL_PER_HEIGHT
 
 __all__ = [
     "DEFAULT_FOCAL_PER_HEIGHT",
-    "DEMO_CHECKPOINT",
-    "DEMO_RECORD",
     "PredictError",
     "cli",
-    "export_demo",
     "load_predictor",
     "predict_pair",
-    "read_calibration",
+    "read_pair_calibration",
     "read_image",
     "save_outputs",
 ]
 
-#: The demo StereoDPNet shipped inside the package (tiny profile trained on a generated set; its test-split
-#: metrics and the command that reproduces it are in ``stereodpnet_demo.json`` next to it and in
-#: docs/stereodpnet.md).
-DEMO_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "stereodpnet_demo.ckpt"
-#: Its record: training command, test-split fingerprint and metrics (written by :func:`export_demo`).
-DEMO_RECORD = DEMO_CHECKPOINT.with_suffix(".json")
-#: Focal length in units of the image height assumed when no intrinsics are given.
-DEFAULT_FOCAL_PER_HEIGHT = 2.7
+DEFAULT_FOCAL_PER_HEIGHT = NOMINAL_FOCAL_PER_HEIGHT
 MULTIPLE = 16
 
 
@@ -67,15 +61,10 @@ class PredictError(ValueError):
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """(H, W, 3) float32 RGB in [0, 1] from an image file (grey and RGBA are converted to RGB)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PredictError(f"{path}: image file does not exist")
     try:
-        with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise PredictError(f"{path}: not a readable image ({exc})") from exc
-    return rgb
+        return load_image(Path(path))
+    except DatasetError as exc:
+        raise PredictError(str(exc)) from exc
 
 
 def _number(value: Any, key: str, path: Path) -> float:
@@ -93,8 +82,7 @@ def _intrinsics(values: np.ndarray, key: str, path: Path) -> np.ndarray:
     if values.shape == (3, 3):
         K = values
     elif values.ndim == 1 and values.size in (5, 9):
-        fx, fy, skew, cx, cy = values[:5]
-        K = np.array([[fx, skew, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+        K = intrinsics_from_vector(values)
     else:
         raise PredictError(
             f"{path}: '{key}' must be a 3x3 matrix or [fx, fy, skew, cx, cy, ...], got shape {values.shape}"
@@ -104,10 +92,8 @@ def _intrinsics(values: np.ndarray, key: str, path: Path) -> np.ndarray:
     return K
 
 
-def read_calibration(path: str | os.PathLike) -> dict[str, Any]:
+def read_pair_calibration(path: str | os.PathLike) -> dict[str, Any]:
     """``{"a": float, "b": float, "K": (3, 3) array or None}`` from a calibration JSON (module doc)."""
-    from dpface_lib.data import DatasetError, parse_literal_array
-
     path = Path(path)
     if not path.is_file():
         raise PredictError(f"{path}: calibration file does not exist")
@@ -172,66 +158,6 @@ def load_predictor(checkpoint: str | os.PathLike | None = None) -> torch.nn.Modu
         raise PredictError(f"{path}: cannot load the model ({exc})") from exc
 
 
-def split_fingerprint(root: str | os.PathLike, split: str = "test") -> str:
-    """SHA-256 over the split file and every file of the groups it lists (relative names and bytes): the
-    identity of the data a recorded metric was measured on, independent of the image decoder."""
-    import hashlib
-
-    root = Path(root)
-    split_file = root / f"{split}.txt"
-    if not split_file.is_file():
-        raise PredictError(f"{split_file}: split file does not exist")
-    digest = hashlib.sha256(split_file.read_bytes())
-    for group in sorted(set(split_file.read_text(encoding="utf-8").split())):
-        for path in sorted(p for p in (root / group).rglob("*") if p.is_file()):
-            digest.update(path.relative_to(root).as_posix().encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def export_demo(
-    training_checkpoint: str | os.PathLike,
-    data_root: str | os.PathLike | None = None,
-    out: str | os.PathLike = DEMO_CHECKPOINT,
-    command: str = "",
-) -> dict[str, Any]:
-    """Keep the network of a ``dpface train`` checkpoint as a demo model and record its test-split metrics.
-
-    Writes ``out`` (the ``dpface`` meta and ``state_dict`` only, no optimiser state) and ``out`` with the
-    suffix ``.json``: ``metrics`` (means of :func:`dpface_lib.evaluate.evaluate_model` over the ``test``
-    split of ``data_root``, batch size 4), the split's :func:`split_fingerprint`, the checkpoint's training
-    profile and step, and ``command`` (how the training checkpoint was made). Both atomically. Returns the
-    record.
-    """
-    from dpface_lib.checkpoint import load_checkpoint, load_model
-    from dpface_lib.data import FaceDPDataset, resolve_data_root
-    from dpface_lib.evaluate import aggregate, evaluate_model, metric_columns
-
-    out, root = Path(out), resolve_data_root(None if data_root is None else str(data_root))
-    checkpoint = load_checkpoint(training_checkpoint)
-    if "dpface" not in checkpoint or "state_dict" not in checkpoint:
-        raise PredictError(f"{training_checkpoint}: not a DP-Face training checkpoint")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    kept = {key: checkpoint[key] for key in ("dpface", "state_dict", "global_step") if key in checkpoint}
-    atomic_write(out, lambda tmp: torch.save(kept, tmp))
-    frame = evaluate_model(load_model(out), FaceDPDataset(root, "test"), name="demo", batch_size=4)
-    means = aggregate(frame).iloc[0]
-    meta = checkpoint["dpface"]
-    record = {
-        "checkpoint": out.name,
-        "model": meta["model"],
-        "profile": meta.get("profile"),
-        "global_step": checkpoint.get("global_step"),
-        "command": command,
-        "evaluation": {"split": "test", "samples": len(frame), "batch_size": 4,
-                       "data_root": root.name, "fingerprint": split_fingerprint(root, "test")},
-        "metrics": {key: float(means[key]) for key in metric_columns(frame)},
-    }
-    text = json.dumps(record, indent=2) + "\n"
-    atomic_write(out.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return record
-
-
 def _pad(image: torch.Tensor, multiple: int) -> torch.Tensor:
     h, w = image.shape[-2:]
     pad_h, pad_w = -h % multiple, -w % multiple
@@ -253,7 +179,7 @@ def predict_pair(
     Args:
         left, right: (H, W, 3) float images in [0, 1], same size (any size; padded to a multiple of 16).
         a, b: Disp2Depth constants (``d = a / Z + b``, Z in mm, d in px).
-        K: (3, 3) intrinsics of the images, or None for ``fx = fy = 2.7 H`` and the image centre.
+        K: (3, 3) intrinsics of the images, or None for ``fx = fy = 2.705 H`` and the image centre.
 
     Returns:
         ``disparity`` (H, W) px, ``depth`` (H, W) mm (0 where undefined), and ``normal`` (3, H, W) when the
@@ -290,14 +216,6 @@ def predict_pair(
     return {k: v.float().cpu().numpy() for k, v in result.items()}
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-
-    atomic_write(path, write)
-
-
 def _save_png(path: Path, rgb01: np.ndarray) -> None:
     image = Image.fromarray(np.clip(np.round(rgb01 * 255), 0, 255).astype(np.uint8))
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
@@ -325,7 +243,7 @@ def save_outputs(out_dir: str | os.PathLike, result: dict[str, np.ndarray]) -> l
     written = []
     for key, array in result.items():
         path = out_dir / f"{key}.npy"
-        _save_npy(path, array.astype(np.float32))
+        atomic_save_npy(path, array.astype(np.float32))
         written.append(path)
     _save_png(out_dir / "depth.png", depth_preview(result["depth"]))
     written.append(out_dir / "depth.png")
@@ -357,7 +275,7 @@ def cli(argv: list[str]) -> int:
         if args.calib is not None and (args.a is not None or args.b is not None):
             raise PredictError("give either --calib or --a/--b, not both")
         if args.calib is not None:
-            calib = read_calibration(args.calib)
+            calib = read_pair_calibration(args.calib)
         elif args.a is not None and args.b is not None:
             if args.a == 0 or not (np.isfinite(args.a) and np.isfinite(args.b)):
                 raise PredictError(

@@ -269,14 +269,14 @@ def test_missing_jpg(tiny_dataset: Path) -> None:
 
 def test_corrupt_jpg(tiny_dataset: Path) -> None:
     (tiny_dataset / GROUP / "IMG/LEFT/IMG_1_1_1.JPG").write_bytes(b"not a jpeg at all" * 10)
-    with pytest.raises(DatasetError, match=r"LEFT/IMG_1_1_1\.JPG: corrupt or unreadable image"):
+    with pytest.raises(DatasetError, match=r"LEFT/IMG_1_1_1\.JPG: not a readable image"):
         read_sample(json_of(tiny_dataset))
 
 
 def test_truncated_jpg(tiny_dataset: Path) -> None:
     jpg = tiny_dataset / GROUP / "IMG/LRSUM/IMG_1_1_1.JPG"
     jpg.write_bytes(jpg.read_bytes()[: len(jpg.read_bytes()) // 2])
-    with pytest.raises(DatasetError, match=r"LRSUM/IMG_1_1_1\.JPG: corrupt or unreadable image"):
+    with pytest.raises(DatasetError, match=r"LRSUM/IMG_1_1_1\.JPG: not a readable image"):
         read_sample(json_of(tiny_dataset))
 
 

@@ -14,8 +14,8 @@ import torch
 from dpface_lib import DATA_SAMPLES, REPO_ROOT
 from dpface_lib.checkpoint import load_checkpoint, load_model
 from dpface_lib.data import FaceDPDataset
+from dpface_lib.demo import DEMO_CHECKPOINT, DEMO_RECORD, split_fingerprint
 from dpface_lib.evaluate import aggregate, evaluate_model
-from dpface_lib.predict import DEMO_CHECKPOINT, DEMO_RECORD, split_fingerprint
 
 RTOL, ATOL = 1e-3, 1e-6
 

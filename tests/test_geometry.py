@@ -425,3 +425,14 @@ def test_normals_to_rgb() -> None:
     np.testing.assert_allclose(rgb[0, 0], [0.5, 0.5, 0.0])
     np.testing.assert_allclose(rgb[1, 1], [1.0, 0.5, 0.5])
     assert (rgb[0, 1] == 0).all()
+
+
+def test_intrinsics_vector_round_trip() -> None:
+    """The benchmark's PARAMS.intrinsic layout [fx, fy, skew, cx, cy, 0, 0, 0, 0] <-> K."""
+    K = geo.intrinsics_matrix(fx=420.0, fy=400.0, cx=31.3, cy=22.7, skew=1.5)
+    vector = geo.intrinsics_to_vector(K)
+    assert vector == [420.0, 400.0, 1.5, 31.3, 22.7, 0.0, 0.0, 0.0, 0.0]
+    np.testing.assert_array_equal(geo.intrinsics_from_vector(vector), K)
+    np.testing.assert_array_equal(geo.intrinsics_from_vector(vector[:5]), K)
+    with pytest.raises(ValueError, match="needs"):
+        geo.intrinsics_from_vector([1.0, 2.0])

@@ -235,7 +235,9 @@ def test_affine_properties_and_torch_agreement(case):
     pred, gt, weight = case
     out = affine_invariant_metrics(pred, gt, weight)
     assert all(np.isfinite(v) and v >= 0 for v in out.values())
-    assert 0.0 <= out["spearman"] <= 1.0
+    # 1 - max(rho(rank x), rho(rank -x)): up to 2 when ties make both correlations negative (reference)
+    assert 0.0 <= out["spearman"] <= 2.0
+    assert 0.0 <= affine_invariant_metrics(pred, gt, weight, spearman="midrank")["spearman"] <= 1.0
     # IRLS is a majorise-minimise descent on the Huber loss rho(r) (|r| >= eps: |r|; else r^2/2eps + eps/2),
     # |r| <= rho(r) <= |r| + eps/2, started at the least-squares fit:
     # AIWE(1) <= mean |r_LS| + eps/2 <= AIWE(2) + eps/2

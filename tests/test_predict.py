@@ -12,7 +12,7 @@ from PIL import Image
 
 from dpface_lib.checkpoint import load_model
 from dpface_lib.cli import main
-from dpface_lib.predict import PredictError, predict_pair, read_calibration
+from dpface_lib.predict import PredictError, predict_pair, read_pair_calibration
 from dpface_lib.train import DPFaceModule
 
 A, B = -4619.0, 5.73
@@ -98,7 +98,7 @@ def test_predict_writes_consistent_outputs(tmp_path, checkpoint, capsys):
 def test_calibration_json_forms(tmp_path, checkpoint):
     plain = tmp_path / "calib.json"
     plain.write_text(json.dumps({"a": A, "b": B, "K": [[100.0, 0, 20], [0, 100.0, 24], [0, 0, 1]]}))
-    calib = read_calibration(plain)
+    calib = read_pair_calibration(plain)
     assert calib["a"] == A and calib["b"] == B and calib["K"][0, 2] == 20
     info = tmp_path / "INFO_1_1_1.json"
     info.write_text(
@@ -111,7 +111,7 @@ def test_calibration_json_forms(tmp_path, checkpoint):
             }
         )
     )
-    calib = read_calibration(info)
+    calib = read_pair_calibration(info)
     assert (calib["a"], calib["b"]) == (A, B) and calib["K"][1, 1] == 101.0
     left, right = write_pair(tmp_path, size=(32, 32))
     assert (
@@ -140,7 +140,7 @@ def test_calibration_json_forms(tmp_path, checkpoint):
         ("no_calibration", "missing calibration"),
         ("only_a", "missing calibration"),
         ("unreadable_left", "not a readable image"),
-        ("missing_right", "does not exist"),
+        ("missing_right", "image file is missing"),
         ("size_mismatch", "same size"),
         ("bad_calib_json", "not a readable JSON"),
         ("calib_without_b", "missing ['b']"),

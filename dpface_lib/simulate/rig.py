@@ -25,6 +25,11 @@ from dpface_lib.geometry import BENCHMARK_OPTICS, Optics, intrinsics_matrix, thi
 
 #: height of the field covered by the image rows at the focus distance (mm)
 FRAME_HEIGHT_MM = 300.0
+#: Focus distances of the rig's cameras (mm), drawn uniformly per camera.
+FOCUS_RANGE_MM = (805.0, 818.0)
+#: fy / image height of a camera focused mid-range: the focal length to assume for images of this rig
+#: that come without intrinsics (``dpface predict``).
+NOMINAL_FOCAL_PER_HEIGHT = 0.5 * (FOCUS_RANGE_MM[0] + FOCUS_RANGE_MM[1]) / FRAME_HEIGHT_MM
 #: distance from each camera to the landmark centre of a head in the middle position (mm)
 ARC_RADIUS_MM = 840.0
 #: the point the cameras aim at (mm, world): a little above the landmark centre, mid-face
@@ -106,7 +111,7 @@ def build_rig(
         raise ValueError(f"image size {height}x{width} is too small (need at least 8x8)")
     out = []
     for idx, (az, el) in enumerate(CAMERA_ANGLES, 1):
-        focus = float(rng.uniform(805.0, 818.0))
+        focus = float(rng.uniform(*FOCUS_RANGE_MM))
         jitter = rng.normal(0.0, 1.0, size=3)
         fx_scale = float(rng.uniform(0.997, 1.003))
         pp = rng.uniform(-2.0, 2.0, size=2)

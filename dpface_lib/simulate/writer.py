@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dpface_lib.fileio import atomic_save_npy, atomic_write_bytes
-from dpface_lib.geometry import BENCHMARK_OPTICS
+from dpface_lib.geometry import BENCHMARK_OPTICS, intrinsics_to_vector
 from dpface_lib.simulate import optics as dp
 from dpface_lib.simulate.face import DIRECTIONS, EXPRESSIONS, load_face_model, sample_person
 from dpface_lib.simulate.rig import LIGHT_DIRECTIONS, POSITIONS, Camera, build_rig
@@ -148,7 +148,7 @@ def sample_json(
 ) -> dict:
     """The ``INFO_{cam}_{view}_{light}.json`` content (PARAMS values as literal strings)."""
     K, pose = cam.K, cam.pose
-    intr = [K[0, 0], K[1, 1], K[0, 1], K[0, 2], K[1, 2], 0.0, 0.0, 0.0, 0.0]
+    intr = intrinsics_to_vector(K)
     stem = f"{cam.index}_{viewidx}"
     paths = {
         "left": f"{group}/IMG/LEFT/IMG_{stem}_{light}.JPG",
