@@ -13,9 +13,9 @@ Steps (shapes for a (B, C, L, h, w) feature volume at 1/4 resolution, image (H, 
    :func:`dpface_lib.geometry.backproject`). Points are min-max normalised per sample (x, y, z jointly)
    and appended to the features: (B, C + 3, k, h, w). Hypotheses without a finite positive depth
    (``D >= b`` for ``a < 0``) get the point 0 before normalisation.
-3. **Deformable 3-D convolutions.** Two :class:`dpface_lib.deform.DeformConv3dPack` (3×3×3, offsets from a
-   zero-initialised convolution, so training starts from a plain 3-D convolution) + BN3d + ReLU; or plain
-   conv-bn-relu 3-D layers with ``use_deform=False``.
+3. **Deformable 3-D convolutions.** Two :class:`dpface_lib.models.deform.DeformConv3dPack` (3×3×3, offsets
+   from a zero-initialised convolution, so training starts from a plain 3-D convolution) + BN3d + ReLU; or
+   plain conv-bn-relu 3-D layers with ``use_deform=False``.
 4. **Shared 2-D head** per hypothesis (dilated convolutions with LeakyReLU 0.1, as NNet's "convtext"),
    bilinear ×4 to full resolution, sigmoid, mean over hypotheses, ``× 2 - 1``, then unit length.
 """
@@ -28,10 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dpface_lib.geometry import backproject, disparity_to_depth, scale_intrinsics
-from dpface_lib.models.blocks import conv_bn_relu_3d
+from dpface_lib.models.blocks import conv_bn_relu_3d, coordinate_volume, dilated_head
 
-__all__ = ["AdaptiveNormalModule", "coordinate_volume", "hypothesis_points", "select_hypotheses"]
+__all__ = ["AdaptiveNormalModule", "select_hypotheses"]
 
 
 def select_hypotheses(
@@ -57,50 +56,6 @@ def select_hypotheses(
     index = torch.topk(distance, top_k, dim=1, largest=False).indices.sort(dim=1).values
     features = torch.gather(volume, 2, index[:, None].expand(b, c, top_k, h, w))
     return features, level_disparities.to(coarse)[index], index
-
-
-def hypothesis_points(
-    disparities: torch.Tensor, K: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: int = 4
-) -> torch.Tensor:
-    """Camera-frame points of disparity hypotheses at 1/``scale`` resolution (metric, before normalisation).
-
-    Args:
-        disparities: (B, k, h, w) full-resolution disparities (px).
-        K: (B, 3, 3) full-resolution intrinsics; a, b: (B,) Disp2Depth constants (``Z = a / (d - b)``, mm).
-
-    Returns:
-        (B, k, h, w, 3) points (X, Y, Z) in mm: pixel (u, v) of the 1/``scale`` grid lifted with the resized
-        intrinsics to depth ``Z = a / (D - b)``; 0 where that depth is not finite and positive.
-    """
-    batch = disparities.shape[0]
-    depth = disparity_to_depth(
-        disparities, a.reshape(batch, 1, 1, 1).to(disparities), b.reshape(batch, 1, 1, 1).to(disparities)
-    )
-    K_q = scale_intrinsics(K.to(disparities), 1.0 / scale)
-    return torch.nan_to_num(backproject(depth, K_q[:, None]), nan=0.0)
-
-
-def coordinate_volume(
-    disparities: torch.Tensor, K: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: int = 4
-) -> torch.Tensor:
-    """:func:`hypothesis_points` min-max normalised per sample over all their values (x, y, z jointly).
-
-    Returns:
-        (B, 3, k, h, w) in [0, 1].
-    """
-    points = hypothesis_points(disparities, K, a, b, scale)
-    batch = points.shape[0]
-    flat = points.reshape(batch, -1)
-    low = flat.min(dim=1).values.view(batch, 1, 1, 1, 1)
-    high = flat.max(dim=1).values.view(batch, 1, 1, 1, 1)
-    points = (points - low) / (high - low + 1e-6)
-    return points.permute(0, 4, 1, 2, 3).contiguous()
-
-
-def _head_conv(cin: int, cout: int, dilation: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, 1, dilation, dilation, bias=False), nn.LeakyReLU(0.1, inplace=True)
-    )
 
 
 class AdaptiveNormalModule(nn.Module):
@@ -143,7 +98,7 @@ class AdaptiveNormalModule(nn.Module):
         self.use_deform = use_deform
         cin = feature_channels + 3
         if use_deform:
-            from dpface_lib.deform import DeformConv3dPack
+            from dpface_lib.models.deform import DeformConv3dPack
 
             self.deform = nn.ModuleList(
                 [
@@ -156,7 +111,7 @@ class AdaptiveNormalModule(nn.Module):
             self.plain = nn.Sequential(*conv_bn_relu_3d(cin, channels), *conv_bn_relu_3d(channels, channels))
         widths = [channels, *head_channels, 3]
         self.head = nn.Sequential(
-            *[_head_conv(widths[i], widths[i + 1], d) for i, d in enumerate(head_dilations)]
+            *[dilated_head(widths[i], [widths[i + 1]], [d]) for i, d in enumerate(head_dilations)]
         )
 
     def reset_offsets(self) -> None:

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dpface_lib.geometry import backproject, disparity_to_depth, scale_intrinsics
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -361,3 +363,56 @@ def init_xavier(module: nn.Module) -> None:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+#: NNet's context-network dilations (Long et al. 2021), the default of :func:`dilated_head`.
+CONTEXT_DILATIONS = (1, 2, 4, 8, 16, 1, 1)
+
+
+def dilated_head(
+    cin: int, widths: Sequence[int], dilations: Sequence[int] = CONTEXT_DILATIONS
+) -> nn.Sequential:
+    """Chain of 3×3 convs (no bias, padding = dilation), each followed by LeakyReLU(0.1), the last too."""
+    layers: list[nn.Module] = []
+    for cout, d in zip(widths, dilations, strict=True):
+        layers += [nn.Conv2d(cin, cout, 3, 1, d, dilation=d, bias=False), nn.LeakyReLU(0.1)]
+        cin = cout
+    return nn.Sequential(*layers)
+
+
+def hypothesis_points(
+    disparities: torch.Tensor, K: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: int = 4
+) -> torch.Tensor:
+    """Camera-frame points of disparity hypotheses at 1/``scale`` resolution (metric, before normalisation).
+
+    Args:
+        disparities: (B, k, h, w) full-resolution disparities (px).
+        K: (B, 3, 3) full-resolution intrinsics; a, b: (B,) Disp2Depth constants (``Z = a / (d - b)``, mm).
+
+    Returns:
+        (B, k, h, w, 3) points (X, Y, Z) in mm: pixel (u, v) of the 1/``scale`` grid lifted with the resized
+        intrinsics to depth ``Z = a / (D - b)``; 0 where that depth is not finite and positive.
+    """
+    batch = disparities.shape[0]
+    depth = disparity_to_depth(
+        disparities, a.reshape(batch, 1, 1, 1).to(disparities), b.reshape(batch, 1, 1, 1).to(disparities)
+    )
+    K_q = scale_intrinsics(K.to(disparities), 1.0 / scale)
+    return torch.nan_to_num(backproject(depth, K_q[:, None]), nan=0.0)
+
+
+def coordinate_volume(
+    disparities: torch.Tensor, K: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: int = 4
+) -> torch.Tensor:
+    """:func:`hypothesis_points` min-max normalised per sample over all their values (x, y, z jointly).
+
+    Returns:
+        (B, 3, k, h, w) in [0, 1].
+    """
+    points = hypothesis_points(disparities, K, a, b, scale)
+    batch = points.shape[0]
+    flat = points.reshape(batch, -1)
+    low = flat.min(dim=1).values.view(batch, 1, 1, 1, 1)
+    high = flat.max(dim=1).values.view(batch, 1, 1, 1, 1)
+    points = (points - low) / (high - low + 1e-6)
+    return points.permute(0, 4, 1, 2, 3).contiguous()

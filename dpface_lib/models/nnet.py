@@ -32,7 +32,8 @@ from dpface_lib.models.blocks import (
     concat_cost_volume,
     conv_bn_3d,
     conv_bn_relu_3d,
-    depth_from_disparity,
+    coordinate_volume,
+    dilated_head,
     disparity_bins,
     disparity_levels,
     disparity_outputs,
@@ -42,57 +43,6 @@ from dpface_lib.models.blocks import (
     require_keys,
 )
 from dpface_lib.models.psmnet import PSMNetFeatures
-
-CONTEXT_DILATIONS = (1, 2, 4, 8, 16, 1, 1)
-
-
-def dilated_head(
-    cin: int, widths: Sequence[int], dilations: Sequence[int] = CONTEXT_DILATIONS
-) -> nn.Sequential:
-    """Chain of 3×3 convs (no bias, padding = dilation), each followed by LeakyReLU(0.1), the last too."""
-    layers: list[nn.Module] = []
-    for cout, d in zip(widths, dilations, strict=True):
-        layers += [nn.Conv2d(cin, cout, 3, 1, d, dilation=d, bias=False), nn.LeakyReLU(0.1)]
-        cin = cout
-    return nn.Sequential(*layers)
-
-
-def coordinate_volume(
-    levels_px: Sequence[float],
-    K: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    size: tuple[int, int],
-    scale: int,
-) -> torch.Tensor:
-    """Per-sample min-max normalised 3-D points of every pixel at every disparity level.
-
-    Args:
-        levels_px: D disparity levels in full-resolution px.
-        K: (B, 3, 3) full-resolution intrinsics; the pixel grid is the (h, w) map at 1/scale.
-        a, b: (B,) Disp2Depth constants; ``Z = a / (d - b)`` (0 where not a positive finite depth).
-        size: (h, w) of the map.
-
-    Returns:
-        (B, 3, D, h, w) points (x, y, z) rescaled jointly to [0, 1] per sample.
-    """
-    h, w = size
-    B = K.shape[0]
-    k_small = K.clone()
-    k_small[:, :2] = k_small[:, :2] / scale
-    v, u = torch.meshgrid(
-        torch.arange(h, dtype=K.dtype, device=K.device),
-        torch.arange(w, dtype=K.dtype, device=K.device),
-        indexing="ij",
-    )
-    pix = torch.stack([u, v, torch.ones_like(u)]).reshape(3, -1)  # (3, h*w)
-    rays = torch.linalg.solve(k_small, pix.expand(B, 3, h * w))  # (B, 3, h*w)
-    d = torch.tensor(list(levels_px), dtype=K.dtype, device=K.device).view(1, -1).expand(B, -1)
-    z = depth_from_disparity(d, a, b)  # (B, D)
-    pts = rays.view(B, 3, 1, h, w) * z.view(B, 1, -1, 1, 1)
-    flat = pts.reshape(B, -1)
-    lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
-    return (pts - lo.view(B, 1, 1, 1, 1)) / (hi - lo + 1e-6).view(B, 1, 1, 1, 1)
 
 
 class NNet(nn.Module):
@@ -174,8 +124,9 @@ class NNet(nn.Module):
         unrefined = regress_volume(costs, size, self.bins, align_corners=False)
         refined = regress_volume(refined_costs, size, self.bins, align_corners=False)
 
+        levels = torch.tensor([4.0 * s for s in shifts], dtype=left.dtype, device=left.device)
         coords = coordinate_volume(
-            [4 * s for s in shifts], batch["K"].to(left), batch["a"].to(left), batch["b"].to(left), (h, w), 4
+            levels.view(1, -1, 1, 1).expand(B, -1, h, w), batch["K"], batch["a"], batch["b"], scale=4
         )
         n = self.pools(self.wc0(torch.cat([cost_in0, cost0, coords], dim=1))).sum(dim=2)
         normal = self.normal_head(n)

@@ -17,7 +17,7 @@ import warnings
 import torch
 
 from . import reference
-from .reference import triple
+from .shapes import output_size, triple
 
 try:
     from . import _C  # loading the shared library registers the dpface ops with the dispatcher
@@ -111,7 +111,7 @@ def column_bytes(input: torch.Tensor, weight: torch.Tensor, args: tuple) -> int:
 
     ``args`` = (stride, padding, dilation, ...) as triples."""
     stride, padding, dilation = args[:3]
-    out = reference.output_size(tuple(input.shape[2:]), tuple(weight.shape[2:]), stride, padding, dilation)
+    out = output_size(tuple(input.shape[2:]), tuple(weight.shape[2:]), stride, padding, dilation)
     taps = weight.shape[2] * weight.shape[3] * weight.shape[4]
     return input.shape[0] * input.shape[1] * taps * math.prod(out) * input.element_size()
 
@@ -137,7 +137,7 @@ if _C is not None:
             offset.dtype == input.dtype and weight.dtype == input.dtype,
             lambda: "deform_conv3d: input, offset and weight must share a dtype",
         )
-        out = reference.output_size(
+        out = output_size(
             tuple(input.shape[2:]), tuple(weight.shape[2:]), stride, padding, dilation
         )
         taps = weight.shape[2] * weight.shape[3] * weight.shape[4]

@@ -1,4 +1,4 @@
-"""dpface_lib.deform: DeformConv3d / DeformConv3dPack layers (ANM shapes, zero-initialised offsets)."""
+"""dpface_lib.models.deform: DeformConv3d / DeformConv3dPack layers (ANM shapes, zero-initialised offsets)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpface_lib.deform import DeformConv3d, DeformConv3dPack
+from dpface_lib.models.deform import DeformConv3d, DeformConv3dPack
 
 
 def test_pack_starts_as_conv3d_at_anm_shapes():

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from dpface_lib.losses import model_loss
 from dpface_lib.models import build_model
-from dpface_lib.models.anm import hypothesis_points, select_hypotheses
+from dpface_lib.models.anm import select_hypotheses
 from dpface_lib.models.asm import (
     AdaptiveSamplingVolume,
     MaskingAttention,
@@ -20,7 +20,7 @@ from dpface_lib.models.asm import (
     shift_rows_nearest,
     shift_rows_phase,
 )
-from dpface_lib.models.blocks import count_parameters
+from dpface_lib.models.blocks import count_parameters, hypothesis_points
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ import math
 
 import dpface_kernels
 import torch
-from dpface_kernels.reference import triple
+from dpface_kernels.shapes import triple
 from torch import nn
 
 __all__ = ["DeformConv3d", "DeformConv3dPack"]
