@@ -61,11 +61,11 @@ def test_config_errors_name_the_key() -> None:
 def test_config_file_errors_name_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = yaml.safe_load((models.CONFIG_DIR / "dpnet.yaml").read_text())
     config["profiles"]["tiny"]["train"]["max_step"] = 3
-    (tmp_path / "broken.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "dpnet.yaml").write_text(yaml.safe_dump(config))  # a broken config of a registered model
     monkeypatch.setattr(models, "CONFIG_DIR", tmp_path)
     monkeypatch.setattr(config_module, "CONFIG_DIR", tmp_path)
-    with pytest.raises(ConfigError, match=r"broken\.yaml: unknown key 'profiles\.tiny\.train\.max_step'"):
-        training_config("broken", "tiny")
+    with pytest.raises(ConfigError, match=r"dpnet\.yaml: unknown key 'profiles\.tiny\.train\.max_step'"):
+        training_config("dpnet", "tiny")
 
 
 def test_step_schedule_equals_per_epoch_steplr() -> None:

@@ -1,20 +1,18 @@
-"""Model registry: one config per model, one module per model.
+"""Model registry: the models are listed here, in code; their hyper-parameters live in one config each.
 
-A model named ``<name>`` is registered by a YAML file ``dpface_lib/configs/<name>.yaml`` whose ``model:``
-section names the module (inside ``dpface_lib.models``), the class and the constructor arguments of the
-full configuration; ``profiles.<profile>.model`` holds overrides of those arguments (e.g. ``tiny``)::
+:data:`MODELS` maps a name to its module (inside ``dpface_lib.models``) and class, imported only when the
+model is built. ``dpface_lib/configs/<name>.yaml`` holds the constructor arguments of the full
+configuration and per-profile overrides (e.g. ``tiny``), besides the training sections::
 
     model:
-      module: dpface_lib.models.psmnet
-      class: PSMNet
       args: {channels: 32, min_disp: -4.0, max_disp: 12.0}
     profiles:
       full: {model: {}}
       tiny: {model: {channels: 8}}
 
 ``build_model("psmnet", profile="tiny", max_disp=4.0)`` merges args <- profile overrides <- keyword
-overrides, checks every name against the constructor's signature and builds the model. Nothing in this
-file lists the models: adding a config and its module is enough.
+overrides, checks every name against the constructor's signature and builds the model. A new model is a
+module, an entry in :data:`MODELS` (or :func:`register_model` for a class defined elsewhere) and a config.
 """
 
 from __future__ import annotations
@@ -28,27 +26,38 @@ import yaml
 from torch import nn
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-_MODULE_PREFIX = "dpface_lib.models."
 
-__all__ = ["CONFIG_DIR", "ModelConfigError", "build_model", "list_models", "load_config", "model_args"]
+#: Registered models: name -> (module inside dpface_lib.models, class name).
+MODELS: dict[str, tuple[str, str]] = {
+    "bts": ("bts", "BTS"),
+    "dpnet": ("dpnet", "DPNet"),
+    "nnet": ("nnet", "NNet"),
+    "psmnet": ("psmnet", "PSMNet"),
+    "stereodpnet": ("stereodpnet", "StereoDPNet"),
+    "stereonet": ("stereonet", "StereoNet"),
+}
+_EXTRA: dict[str, type[nn.Module]] = {}  # register_model
+
+__all__ = ["CONFIG_DIR", "MODELS", "ModelConfigError", "build_model", "list_models", "load_config",
+           "model_args", "register_model"]
 
 
 class ModelConfigError(ValueError):
     """A model name, profile, override or config file is invalid."""
 
 
+def register_model(name: str, cls: type[nn.Module]) -> None:
+    """Register ``cls`` under ``name`` (its config: ``CONFIG_DIR/<name>.yaml``); a name is taken once."""
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        raise ModelConfigError(f"register_model({name!r}): {cls!r} is not an nn.Module class")
+    if name in MODELS or name in _EXTRA:
+        raise ModelConfigError(f"register_model: a model named {name!r} is already registered")
+    _EXTRA[name] = cls
+
+
 def list_models() -> list[str]:
-    """Names of the models whose config file exists (``dpface_lib/configs/<name>.yaml`` with a ``model:``
-    section), sorted."""
-    names = []
-    for path in sorted(CONFIG_DIR.glob("*.yaml")):
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError:
-            continue
-        if isinstance(data, dict) and isinstance(data.get("model"), dict):
-            names.append(path.stem)
-    return names
+    """Names of the registered models, sorted."""
+    return sorted({*MODELS, *_EXTRA})
 
 
 def load_config(name: str) -> dict[str, Any]:
@@ -57,11 +66,11 @@ def load_config(name: str) -> dict[str, Any]:
     Raises:
         ModelConfigError: unknown name (the message lists the known ones) or a malformed file.
     """
+    if not isinstance(name, str) or name not in list_models():
+        raise ModelConfigError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
     path = CONFIG_DIR / f"{name}.yaml"
-    if not isinstance(name, str) or "/" in name or "\\" in name or not path.is_file():
-        raise ModelConfigError(
-            f"unknown model {name!r}; available models: {', '.join(list_models()) or 'none'}"
-        )
+    if not path.is_file():
+        raise ModelConfigError(f"{path}: the config of registered model {name!r} is missing")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -69,13 +78,12 @@ def load_config(name: str) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise ModelConfigError(f"{path}: expected a mapping with a 'model:' section")
     model = data["model"]
-    for key in ("module", "class", "args"):
-        if key not in model:
-            raise ModelConfigError(f"{path}: 'model.{key}' is missing")
-    if not isinstance(model["module"], str) or not model["module"].startswith(_MODULE_PREFIX):
-        raise ModelConfigError(
-            f"{path}: 'model.module' must name a module inside {_MODULE_PREFIX}*, got {model['module']!r}"
-        )
+    unknown = sorted(set(model) - {"args"})
+    if unknown:
+        raise ModelConfigError(f"{path}: unknown key(s) {['model.' + k for k in unknown]} (accepted: "
+                               "model.args; the class is registered in dpface_lib.models.MODELS)")
+    if "args" not in model:
+        raise ModelConfigError(f"{path}: 'model.args' is missing")
     if not isinstance(model["args"], dict):
         raise ModelConfigError(f"{path}: 'model.args' must be a mapping, got {type(model['args']).__name__}")
     profiles = data.get("profiles", {}) or {}
@@ -88,14 +96,11 @@ def load_config(name: str) -> dict[str, Any]:
     return data
 
 
-def _model_class(name: str, config: dict[str, Any]) -> type[nn.Module]:
-    path = CONFIG_DIR / f"{name}.yaml"
-    module_name, class_name = config["model"]["module"], config["model"]["class"]
-    module = importlib.import_module(module_name)
-    cls = getattr(module, class_name, None)
-    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
-        raise ModelConfigError(f"{path}: 'model.class' {class_name!r} is not an nn.Module in {module_name}")
-    return cls
+def _model_class(name: str) -> type[nn.Module]:
+    if name in _EXTRA:
+        return _EXTRA[name]
+    module_name, class_name = MODELS[name]
+    return getattr(importlib.import_module(f"{__name__}.{module_name}"), class_name)
 
 
 def _accepted_args(cls: type) -> list[str]:
@@ -120,7 +125,7 @@ def model_args(name: str, profile: str = "full", **overrides: Any) -> dict[str, 
         )
     args = dict(config["model"]["args"])
     args.update((profiles.get(profile) or {}).get("model") or {})
-    cls = _model_class(name, config)
+    cls = _model_class(name)
     accepted = _accepted_args(cls)
     bad = [k for k in args if k not in accepted]
     if bad:
@@ -143,5 +148,5 @@ def build_model(name: str, profile: str = "full", **overrides: Any) -> nn.Module
         ModelConfigError: unknown model, profile or argument (the message lists what exists).
     """
     args = model_args(name, profile, **overrides)
-    cls = _model_class(name, load_config(name))
+    cls = _model_class(name)
     return cls(**args)

@@ -1,4 +1,4 @@
-"""Model registry: names from config files, profiles, overrides and their errors."""
+"""Model registry: the models registered in code, their configs, profiles, overrides and their errors."""
 
 from __future__ import annotations
 
@@ -12,16 +12,17 @@ from dpface_lib.models.blocks import count_parameters
 BASELINES = ["psmnet", "dpnet", "stereonet", "nnet", "bts"]
 
 
-def test_list_models_names_every_config():
+def test_list_models_names_every_registered_model_and_each_has_a_config():
     names = list_models()
-    assert set(BASELINES) <= set(names)
+    assert set(BASELINES) | {"stereodpnet"} == set(names) == set(registry.MODELS)
     assert names == sorted(names)
+    assert {p.stem for p in registry.CONFIG_DIR.glob("*.yaml")} == set(names)
 
 
 @pytest.mark.parametrize("name", BASELINES)
 def test_configs_have_a_full_and_a_tiny_profile(name):
     config = load_config(name)
-    assert config["model"]["module"] == f"dpface_lib.models.{name}"
+    assert set(config["model"]) == {"args"}
     assert {"full", "tiny"} <= set(config["profiles"])
     tiny = model_args(name, "tiny")
     full = model_args(name, "full")
@@ -61,23 +62,15 @@ def _write(tmp_path, name, text):
     (tmp_path / f"{name}.yaml").write_text(text)
 
 
-def test_a_new_config_registers_a_model_without_code_changes(tmp_path, monkeypatch):
-    """A model is one module + one config: a config alone (pointing at an existing module) is enough."""
+def test_register_model_adds_a_class_with_its_config(tmp_path, monkeypatch):
+    """A model defined outside the kit: register_model(name, class) + a config with its arguments."""
+    from dpface_lib.models.dpnet import DPNet
+
     monkeypatch.setattr(registry, "CONFIG_DIR", tmp_path)
-    _write(
-        tmp_path,
-        "mynet",
-        """
-model:
-  module: dpface_lib.models.dpnet
-  class: DPNet
-  args: {width: 0.25}
-profiles:
-  tiny: {model: {width: 0.125}}
-""",
-    )
-    _write(tmp_path, "notes", "just: text\n")  # not a model config
-    assert list_models() == ["mynet"]
+    monkeypatch.setattr(registry, "_EXTRA", {})
+    _write(tmp_path, "mynet", "model:\n  args: {width: 0.25}\nprofiles:\n  tiny: {model: {width: 0.125}}\n")
+    registry.register_model("mynet", DPNet)
+    assert "mynet" in list_models()
     model = build_model("mynet", profile="tiny")
     out = model(
         {
@@ -88,24 +81,27 @@ profiles:
         }
     )
     assert out["disparities"].shape == (1, 5, 64, 64)
+    with pytest.raises(ModelConfigError, match="already registered"):
+        registry.register_model("dpnet", DPNet)
+    with pytest.raises(ModelConfigError, match="not an nn.Module"):
+        registry.register_model("other", dict)
+    registry.register_model("noconfig", DPNet)
+    with pytest.raises(ModelConfigError, match="noconfig.yaml: the config of registered model"):
+        build_model("noconfig")
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("model: {module: dpface_lib.models.dpnet, args: {}}", "'model.class' is missing"),
-        ("model: {module: os, class: DPNet, args: {}}", "inside dpface_lib.models"),
-        ("model: {module: dpface_lib.models.dpnet, class: basic, args: {}}", "not an nn.Module"),
-        (
-            "model: {module: dpface_lib.models.dpnet, class: DPNet, args: {wdth: 1}}",
-            r"broken.yaml: unknown arg",
-        ),
-        ("model: {module: dpface_lib.models.dpnet, class: DPNet, args: [1, 2]}", "must be a mapping"),
+        ("model: {module: dpface_lib.models.dpnet, class: DPNet, args: {}}", r"unknown key\(s\).*class"),
+        ("model: {}", "'model.args' is missing"),
+        ("model: {args: {wdth: 1}}", r"dpnet.yaml: unknown arg"),
+        ("model: {args: [1, 2]}", "must be a mapping"),
         ("model: [unclosed", "not valid YAML"),
     ],
 )
 def test_malformed_configs_name_the_file_and_the_problem(tmp_path, monkeypatch, text, message):
     monkeypatch.setattr(registry, "CONFIG_DIR", tmp_path)
-    _write(tmp_path, "broken", text)
+    _write(tmp_path, "dpnet", text)  # the config of a registered model
     with pytest.raises(ModelConfigError, match=message):
-        build_model("broken")
+        build_model("dpnet")
