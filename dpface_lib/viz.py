@@ -1,4 +1,5 @@
-"""Figures shared by the notebooks: learning curves against reference lines, and face point clouds.
+"""Figures shared by the notebooks: image panels (prediction against ground truth), learning curves against
+reference lines, and face point clouds.
 
 Plotting only: every number shown is computed elsewhere (geometry, metrics, evaluate) and passed in.
 """
@@ -9,9 +10,95 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from dpface_lib.geometry import backproject
+from dpface_lib.geometry import backproject, normals_to_rgb
 
-__all__ = ["face_points", "learning_curves", "point_cloud_figure"]
+__all__ = ["Panel", "face_points", "learning_curves", "normal_image", "point_cloud_figure",
+           "prediction_panels", "robust_range", "show_panels"]
+
+#: One image panel: (title, image (H, W) or (H, W, 3), colormap or None for RGB, (vmin, vmax) or None).
+Panel = tuple[str, np.ndarray, str | None, tuple[float, float] | None]
+
+
+def robust_range(image: np.ndarray, mask: np.ndarray | None = None,
+                 percent: float = 1.0) -> tuple[float, float]:
+    """(low, high) percentiles ``percent`` and ``100 - percent`` of the finite pixels (inside ``mask``):
+    a colour range that a few edge pixels cannot stretch."""
+    values = np.asarray(image, dtype=np.float64)
+    keep = np.isfinite(values) if mask is None else np.isfinite(values) & np.asarray(mask, dtype=bool)
+    if not keep.any():
+        return 0.0, 1.0
+    low, high = np.percentile(values[keep], [percent, 100.0 - percent])
+    return float(low), float(high)
+
+
+def normal_image(normals: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(H, W, 3) colours of (3, H, W) normals with the kit's one convention (``geometry.normals_to_rgb``,
+    ``(n + 1) / 2``), white outside ``mask``."""
+    return np.where(np.asarray(mask, dtype=bool)[..., None], normals_to_rgb(np.asarray(normals)), 1.0)
+
+
+def prediction_panels(sample: Mapping[str, np.ndarray], pred: Mapping[str, np.ndarray], *,
+                      affine: tuple[float, float] | None = None) -> list[Panel]:
+    """The standard comparison of one prediction with the ground truth, as panels for :func:`show_panels`.
+
+    Args:
+        sample: ``lrsum`` or ``left`` (3, H, W) image, ``disparity`` (H, W) px, ``mask`` (H, W) bool, and
+            ``normal`` (3, H, W) when normals are compared.
+        pred: ``disparity`` (H, W) px (or ``depth`` (H, W) mm, shown as inverse depth), optional ``normal``.
+        affine: the (s, t) that maps the prediction onto the ground truth (``metrics.fit_affine``); the
+            aligned prediction and its error are shown when given.
+
+    Returns panels: input, GT disparity, prediction (its own colour range), [aligned prediction and
+    |aligned - GT| on the GT's range], [GT and predicted normals, angular error in degrees].
+    """
+    mask = np.asarray(sample["mask"], dtype=bool)
+    image = np.moveaxis(np.asarray(sample["lrsum"] if "lrsum" in sample else sample["left"]), 0, -1)
+    gt = np.asarray(sample["disparity"], dtype=np.float64)
+    if "disparity" in pred:
+        disparity, label = np.asarray(pred["disparity"], dtype=np.float64), "prediction (px)"
+    else:
+        depth = np.asarray(pred["depth"], dtype=np.float64)
+        disparity, label = 1.0 / np.clip(depth, 1.0, None), "1 / depth"
+    gt_range = robust_range(gt, mask)
+    shown = lambda x: np.where(mask, x, np.nan)  # noqa: E731
+    own_range = robust_range(disparity, mask)
+    panels: list[Panel] = [("input", np.clip(image, 0, 1), None, None),
+                           ("GT disparity (px)", shown(gt), "viridis", gt_range),
+                           (f"{label}, own range", shown(disparity), "viridis", own_range)]
+    if affine is not None:
+        aligned = affine[0] * disparity + affine[1]
+        panels += [("affine-aligned prediction", shown(aligned), "viridis", gt_range),
+                   ("|aligned - GT| (px)", shown(np.abs(aligned - gt)), "magma", None)]
+    if "normal" in pred and "normal" in sample:
+        gn, pn = np.asarray(sample["normal"], dtype=np.float64), np.asarray(pred["normal"], dtype=np.float64)
+        lengths = np.maximum(np.linalg.norm(pn, axis=0) * np.linalg.norm(gn, axis=0), 1e-12)
+        angle = np.degrees(np.arccos(np.clip((gn * pn).sum(0) / lengths, -1.0, 1.0)))
+        panels += [("GT normals", normal_image(gn, mask), None, None),
+                   ("predicted normals", normal_image(pn, mask), None, None),
+                   ("normal error (deg)", shown(angle), "magma", None)]
+    return panels
+
+
+def show_panels(panels: Sequence[Panel], axes=None, *, ncols: int | None = None, size: float = 2.6):
+    """Draw panels on ``axes`` (a sequence of matplotlib axes; new figure when None), a colour bar beside
+    every colormapped panel. Returns the axes."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        ncols = ncols or len(panels)
+        nrows = -(-len(panels) // ncols)
+        _, grid = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + 0.3) * nrows), squeeze=False)
+        axes = grid.ravel()
+        for ax in axes[len(panels):]:
+            ax.axis("off")
+    for ax, (title, image, cmap, limits) in zip(axes, panels, strict=False):
+        artist = ax.imshow(image, cmap=cmap, vmin=limits[0] if limits else None,
+                           vmax=limits[1] if limits else None)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+        if cmap is not None:
+            plt.colorbar(artist, ax=ax, fraction=0.046)
+    return axes
 
 
 def face_points(depth_mm: np.ndarray, K: np.ndarray, mask: np.ndarray, max_points: int = 5000,
