@@ -50,6 +50,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "checkpoint_every_n_steps": None,   # also at every epoch end and at the end of training
         "keep_epoch_checkpoints": False,
         "deterministic": False,
+        "sync_batchnorm": False,        # BatchNorm statistics over all processes (DDP), as one big batch
     },
 }
 

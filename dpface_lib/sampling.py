@@ -65,14 +65,30 @@ class StepSampler(Sampler):
     Yields ``(index, item_seed)``. :meth:`position` places the next iteration at the sample that follows
     ``global_step`` optimiser steps of ``batch_size`` samples, so a resumed run continues mid-epoch exactly
     where the interrupted one stopped (``len`` stays the full epoch, so the trainer's epoch length is fixed).
+
+    Data parallel (:meth:`shard`): process ``rank`` of ``replicas`` takes positions ``rank, rank + replicas,
+    ...`` of the epoch's order, cut to whole global batches, so global batch k is the same set of samples
+    as batch k of one process with ``replicas`` times the batch size.
     """
 
     def __init__(self, n: int, seed: int, batch_size: int, drop_last: bool = True) -> None:
         self.n, self.seed, self.batch_size, self.drop_last = n, int(seed), batch_size, drop_last
         self.epoch, self.skip = 0, 0
+        self.replicas, self.rank = 1, 0
+
+    def shard(self, replicas: int, rank: int) -> None:
+        """Make this the sampler of process ``rank`` (0-based) of ``replicas``."""
+        if not 0 <= rank < replicas:
+            raise ValueError(f"StepSampler.shard: rank {rank} outside 0..{replicas - 1}")
+        if self.n < replicas * self.batch_size:
+            raise ValueError(f"StepSampler.shard: {self.n} samples cannot fill one global batch of "
+                             f"{replicas} x {self.batch_size}")
+        self.replicas, self.rank = int(replicas), int(rank)
 
     @property
     def batches_per_epoch(self) -> int:
+        if self.replicas > 1:
+            return self.n // (self.batch_size * self.replicas)
         return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
 
     def position(self, global_step: int, resume_mid_epoch: bool = True) -> None:
@@ -80,7 +96,7 @@ class StepSampler(Sampler):
         self.skip = done * self.batch_size if resume_mid_epoch else 0
 
     def __len__(self) -> int:
-        return self.n
+        return self.n if self.replicas == 1 else self.batches_per_epoch * self.batch_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, skip = self.epoch, self.skip
@@ -88,7 +104,10 @@ class StepSampler(Sampler):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(self.n, generator=generator).tolist()
         seeds = torch.randint(0, 2**62, (self.n,), generator=generator).tolist()
-        yield from list(zip(order, seeds, strict=True))[skip:]
+        items = list(zip(order, seeds, strict=True))
+        if self.replicas > 1:
+            items = items[self.rank : len(self) * self.replicas : self.replicas]
+        yield from items[skip:]
 
 
 def rng_state() -> dict[str, Any]:

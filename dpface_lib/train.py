@@ -39,7 +39,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from dpface_lib.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -89,9 +89,10 @@ class DPFaceDataModule(pl.LightningDataModule):
             self.datasets["test"] = self._dataset("test", train=False)
 
     def steps_per_epoch(self, world_size: int = 1) -> int:
-        """Optimiser steps per epoch on each of ``world_size`` processes (incomplete batches are dropped)."""
+        """Optimiser steps per epoch on each of ``world_size`` processes (incomplete global batches are
+        dropped)."""
         assert self.train_sampler is not None, "call setup('fit') first"
-        return max(1, math.ceil(self.train_sampler.n / max(1, world_size)) // self.train_sampler.batch_size)
+        return max(1, self.train_sampler.n // (max(1, world_size) * self.train_sampler.batch_size))
 
     def place_sampler(self) -> None:
         """Point the training sampler at the trainer's global step (mid-epoch only in single-process runs)."""
@@ -103,17 +104,31 @@ class DPFaceDataModule(pl.LightningDataModule):
         workers = self.cfg["num_workers"]
         return DataLoader(self.datasets[name], num_workers=workers, persistent_workers=workers > 0, **kwargs)
 
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
     def train_dataloader(self) -> DataLoader:
-        self.place_sampler()
         assert self.train_sampler is not None
+        world_size, rank = self._world()
+        if world_size > 1:  # sharded here: the trainer runs with use_distributed_sampler=False
+            self.train_sampler.shard(world_size, rank)
+        self.place_sampler()
         return self._loader("train", sampler=self.train_sampler, batch_size=self.train_sampler.batch_size,
                             drop_last=True)
 
+    def _eval_loader(self, name: str) -> DataLoader:
+        world_size, rank = self._world()
+        sampler = None
+        if world_size > 1:  # each process scores its share; logged metrics are reduced over processes
+            sampler = DistributedSampler(self.datasets[name], world_size, rank, shuffle=False)
+        return self._loader(name, batch_size=self.cfg["eval_batch_size"], shuffle=False, sampler=sampler)
+
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", batch_size=self.cfg["eval_batch_size"], shuffle=False)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", batch_size=self.cfg["eval_batch_size"], shuffle=False)
+        return self._eval_loader("test")
 
 
 # ------------------------------------------------------------------------------------------------ module
@@ -318,9 +333,11 @@ def train_model(
         val_check_interval=train_cfg["val_every_n_steps"] or 1.0,
         limit_val_batches=train_cfg["limit_val_batches"],
         log_every_n_steps=train_cfg["log_every_n_steps"], deterministic=train_cfg["deterministic"],
+        sync_batchnorm=train_cfg["sync_batchnorm"],
         logger=CSVLogger(save_dir=str(out_dir), name="", version=""), callbacks=[saver],
         plugins=[AtomicCheckpointIO()], enable_checkpointing=False, enable_progress_bar=progress_bar,
         enable_model_summary=False, num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # DPFaceDataModule shards its samplers itself
     )
     # Training length in optimiser steps (the epoch count of a run resumed mid-epoch is shifted by one in
     # Lightning's bookkeeping; counting steps keeps continuous and resumed runs identical).

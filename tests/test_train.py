@@ -286,3 +286,28 @@ def test_validation_subset_is_evenly_spaced(tmp_path: Path) -> None:
     ids = [data.datasets["val"][i]["sample_id"] for i in range(3)]
     assert ids == [full.datasets["val"][i]["sample_id"] for i in evenly_spaced(8, 3)]
     assert module.config["data"]["val_subset"] == 3
+
+
+def test_sharded_step_sampler_splits_each_global_batch() -> None:
+    """Process r of R takes positions r, r + R, ... of the epoch's order: global batch k of R shards with
+    batch b is batch k of one sampler with batch R*b (cut to whole global batches), seeds included."""
+    n, b, replicas = 23, 2, 3
+    single = StepSampler(n, seed=5, batch_size=b * replicas)
+    shards = [StepSampler(n, seed=5, batch_size=b) for _ in range(replicas)]
+    for rank, shard in enumerate(shards):
+        shard.shard(replicas, rank)
+    for epoch in (0, 1):
+        single.position(epoch * single.batches_per_epoch)
+        full = list(single)
+        parts = []
+        for shard in shards:
+            shard.position(epoch * shard.batches_per_epoch)
+            parts.append(list(shard))
+        assert all(len(p) == len(shards[0]) == 6 for p in parts) and shards[0].batches_per_epoch == 3
+        for k in range(3):
+            union = sorted(item for p in parts for item in p[k * b:(k + 1) * b])
+            assert union == sorted(full[k * b * replicas:(k + 1) * b * replicas])
+    with pytest.raises(ValueError, match="rank 3 outside"):
+        StepSampler(n, 0, b).shard(3, 3)
+    with pytest.raises(ValueError, match="cannot fill one global batch"):
+        StepSampler(4, 0, 2).shard(3, 0)
