@@ -277,3 +277,12 @@ def encode_jpeg(image: np.ndarray | torch.Tensor, quality: int = 92) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(u8, "RGB").save(buf, format="JPEG", quality=quality, subsampling=0)
     return buf.getvalue()
+
+
+def jpeg_round_trip(image: np.ndarray | torch.Tensor, quality: int = 92) -> np.ndarray:
+    """(H, W, 3) float image in [0, 1] -> the same image after :func:`encode_jpeg` and decoding (float32):
+    what the writer stores, without a file."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(encode_jpeg(image, quality))) as decoded:
+        return np.asarray(decoded.convert("RGB"), dtype=np.float32) / 255.0

@@ -133,21 +133,29 @@ def form_images(
     rng: np.random.Generator,
     tau: float = dp.DEFAULT_TAU,
     noise: bool = True,
+    stages: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Left, right and sum images (H, W, 3) float32 in [0, 1] of a view under a light.
 
     Steps: shading -> layered DP defocus (signed CoC of the thin lens, :mod:`optics`) -> DP vignetting
     -> Poisson-Gaussian noise on each half-image -> clip. ``lrsum = (left + right) / 2`` (the ordinary
-    photo at the same exposure).
+    photo at the same exposure). With ``stages`` the intermediate results come too: ``radiance`` (H, W, 3)
+    all in focus, ``coc`` (H, W) signed CoC (px), ``defocused_left/right`` and ``vignetted_left/right``.
     """
     radiance = shade_scene(view, camera, light_world)
     coc = circle_of_confusion(view.scene_depth, camera.optics, fy_px=float(camera.K[1, 1]))
-    left, right = dp.defocus_dp(radiance, coc, tau=tau)
+    defocused = dp.defocus_dp(radiance, coc, tau=tau)
     gains = dp.dp_vignetting(camera.height, camera.width)
-    left, right = left * gains[0], right * gains[1]
+    vignetted = (defocused[0] * gains[0], defocused[1] * gains[1])
+    left, right = vignetted
     if noise:
         # each half-pixel collects half of the light: noise at half the full well, then back to full scale
         left = dp.sensor_noise(left * 0.5, rng, full_well=5000.0) * 2.0
         right = dp.sensor_noise(right * 0.5, rng, full_well=5000.0) * 2.0
     left, right = left.clamp(0.0, 1.0), right.clamp(0.0, 1.0)
-    return {"left": left, "right": right, "lrsum": 0.5 * (left + right)}
+    out = {"left": left, "right": right, "lrsum": 0.5 * (left + right)}
+    if stages:
+        out |= {"radiance": torch.as_tensor(radiance), "coc": torch.as_tensor(coc),
+                "defocused_left": defocused[0], "defocused_right": defocused[1],
+                "vignetted_left": vignetted[0], "vignetted_right": vignetted[1]}
+    return out
