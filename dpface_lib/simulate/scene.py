@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dpface_lib.geometry import circle_of_confusion
+from dpface_lib.geometry import backproject, circle_of_confusion
 from dpface_lib.simulate import optics as dp
 from dpface_lib.simulate.face import FaceModel, apply_expression, deform_person, pose_head, skin_albedo
 from dpface_lib.simulate.render import (
@@ -96,9 +96,7 @@ def render_view(
     alb = skin_albedo(tex, uv_w, person) * interpolate(shade[:, None], model.faces, face_id, weights)
     region = interpolate(_face_region(model)[:, None], model.faces, face_id, weights)[..., 0]
     # viewing ray through each pixel, for the facing test
-    kinv = np.linalg.inv(camera.K)
-    vv, uu = np.mgrid[0:h, 0:w].astype(np.float64)
-    rays = np.stack([uu, vv, np.ones_like(uu)], axis=-1) @ kinv.T
+    rays = backproject(np.ones((h, w)), camera.K)  # points at Z = 1 mm: K^-1 [u, v, 1]
     rays /= np.linalg.norm(rays, axis=-1, keepdims=True)
     facing = -(n * rays).sum(axis=-1)
     mask = head & (facing > MIN_FACING) & (region > 0.5)
