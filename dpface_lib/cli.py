@@ -3,12 +3,19 @@
 Each sub-command lives in the module that owns the concept and exposes ``cli(argv) -> int``
 with its own argument parser; this file only dispatches, so ``dpface --help`` stays fast
 (heavy modules such as torch are imported only by the sub-command that needs them).
+
+This is also the edge where errors stop: the kit's own errors (all ``ValueError`` subclasses that name
+the file, key or option) and the expected OS and file-format errors become one line on stderr and exit
+status 2; ``--debug`` anywhere on the command line (or ``DPFACE_DEBUG=1``) shows the traceback instead.
+An interruption (Ctrl-C) exits with 130.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import zipfile
 
 #: sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -30,9 +37,32 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors a command reports in one line: bad values and files, not bugs."""
+    errors: list[type[BaseException]] = [ValueError, OSError, KeyError, OverflowError, EOFError,
+                                         zipfile.BadZipFile]
+    try:
+        from PIL import Image
+
+        errors.append(Image.DecompressionBombError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, KeyError):
+        text = f"missing key {text}"
+    kit_error = type(exc).__module__.startswith("dpface")
+    return text if kit_error else f"{type(exc).__name__}: {text}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``dpface <command> ...`` to ``<module>.cli(argv)``; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("DPFACE_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
     if not args or args[0] in {"-h", "--help", "help"}:
         print(_usage())
         return 0
@@ -53,7 +83,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"dpface {name}: not available in this version ({module_name} is missing)", file=sys.stderr)
         return 2
-    return int(module.cli(rest) or 0)
+    try:
+        return int(module.cli(rest) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"dpface {name}: interrupted", file=sys.stderr)
+        return 130
+    except _expected_errors() as exc:
+        if debug:
+            raise
+        print(f"dpface {name}: {_one_line(exc)} (--debug shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,8 +38,9 @@ from dpface_lib.layout import (
     ARRAY_KEYS,
     IMAGE_KEYS,
     JSON_NAME_PATTERN,
-    REAL_GROUP_PATTERN,
     DatasetError,
+    info_bool,
+    info_int,
     load_image,
     load_npy,
     parse_literal_array,
@@ -47,6 +48,7 @@ from dpface_lib.layout import (
     read_json_record,
     read_split,
     resolve_data_path,
+    select_ab,
 )
 
 __all__ = [
@@ -68,17 +70,20 @@ def _json_row(root: Path, json_path: Path, record: dict | None = None) -> dict[s
     info, paths = record["INFO"], record["PATH"]
     group_dir = json_path.resolve().parent.parent
     name_match = JSON_NAME_PATTERN.match(json_path.name)
+    for key in ("gender", "expression", "position", "direction"):
+        if not isinstance(info[key], str):
+            raise DatasetError(f"{json_path}: INFO.{key} must be a string, got {info[key]!r}")
     row: dict[str, Any] = {
         "group": str(info.get("group") or group_dir.name),
-        "person": int(info["person"]) if info.get("person") is not None else -1,
-        "gender": str(info["gender"]),
-        "camidx": int(info["camidx"]),
-        "lightidx": int(info["lightidx"]),
-        "viewidx": int(info.get("viewidx", name_match.group(2) if name_match else -1)),
-        "expression": str(info["expression"]),
-        "position": str(info["position"]),
-        "direction": str(info["direction"]),
-        "valid": bool(info["valid"]),
+        "person": info_int(info, "person", json_path) if info.get("person") is not None else -1,
+        "gender": info["gender"],
+        "camidx": info_int(info, "camidx", json_path),
+        "lightidx": info_int(info, "lightidx", json_path),
+        "viewidx": info_int(info, "viewidx", json_path, name_match.group(2) if name_match else -1),
+        "expression": info["expression"],
+        "position": info["position"],
+        "direction": info["direction"],
+        "valid": info_bool(info, "valid", json_path),
         "sample_id": f"{group_dir.name}/{json_path.stem}",
         "json": str(json_path.resolve()),
     }
@@ -153,14 +158,20 @@ def index(
             raise DatasetError(f"{json_dir}: JSON folder of group {group!r} is missing")
         for json_path in sorted(json_dir.glob("*.json")):
             match = JSON_NAME_PATTERN.match(json_path.name)
-            if match:  # cheap pre-filter on the file name INFO_{cam}_{view}_{light}.json
-                cam, view, light = (int(g) for g in match.groups())
-                if (
-                    (keep_cams is not None and cam not in keep_cams)
-                    or (keep_lights is not None and light not in keep_lights)
-                    or (keep_views is not None and view not in keep_views)
-                ):
-                    continue
+            if not match:  # e.g. a stray copy "INFO_1_12_3 (1).json" would count a sample twice
+                error = DatasetError(f"{json_path}: not a sample record name INFO_<cam>_<view>_<light>.json "
+                                     "(a stray copy?); move it out of the JSON folder")
+                if not skip_bad:
+                    raise error
+                skipped.append((str(json_path), str(error)))
+                continue
+            cam, view, light = (int(g) for g in match.groups())  # cheap pre-filter on the name
+            if (
+                (keep_cams is not None and cam not in keep_cams)
+                or (keep_lights is not None and light not in keep_lights)
+                or (keep_views is not None and view not in keep_views)
+            ):
+                continue
             try:
                 rows.append(_json_row(root, json_path))
             except (DatasetError, ValueError, TypeError) as exc:
@@ -186,6 +197,12 @@ def index(
         *ARRAY_KEYS,
     ]
     frame = pd.DataFrame(rows, columns=columns)
+    keys = ["group", "camidx", "viewidx", "lightidx"]
+    twice = frame[frame.duplicated(keys, keep=False)]
+    if len(twice):
+        first = twice.sort_values("json").groupby(keys)["json"].apply(list).iloc[0]
+        raise DatasetError(f"{first[0]} and {first[1]} describe the same sample (group, camera, view and "
+                           "light); each sample may have one record")
     filters = {
         "lightidx": keep_lights,
         "camidx": keep_cams,
@@ -211,29 +228,6 @@ def index(
     return frame
 
 
-def _select_ab(record: dict, camidx: int, group: str, ab_source: str, json_path: Path) -> tuple[float, float]:
-    if ab_source not in ("auto", "json", "table"):
-        raise ValueError(f"ab_source must be 'auto', 'json' or 'table', not {ab_source!r}")
-    raw = record["PARAMS"].get("abvalue")
-    from_json = None
-    if raw is not None and ab_source != "table":
-        values = parse_literal_array(raw, name="abvalue", file=json_path, sizes=(2,))
-        if np.all(np.isfinite(values)) and values[0] != 0:
-            from_json = (float(values[0]), float(values[1]))
-    if ab_source == "json" or (ab_source == "auto" and not REAL_GROUP_PATTERN.match(group)):
-        if from_json is not None:
-            return from_json
-        if ab_source == "json":
-            raise DatasetError(f"{json_path}: PARAMS.abvalue is missing or not finite (ab_source='json')")
-    if camidx not in BENCHMARK_CAMERA_AB:
-        raise DatasetError(
-            f"{json_path}: no (a, b) for camera {camidx}: PARAMS.abvalue unusable and camera not in "
-            f"the benchmark table {sorted(BENCHMARK_CAMERA_AB)}"
-        )
-    a, b = BENCHMARK_CAMERA_AB[camidx]
-    return float(a), float(b)
-
-
 def read_sample(
     json_path: str | Path, *, root: str | Path | None = None, ab_source: str = "auto"
 ) -> dict[str, Any]:
@@ -252,7 +246,8 @@ def read_sample(
     ``root`` defaults to three levels above the JSON (``ROOT/<group>/JSON/INFO_*.json``). ``ab_source``:
     "json" uses PARAMS.abvalue, "table" the per-camera benchmark table :data:`BENCHMARK_CAMERA_AB`, "auto"
     the JSON value when present and finite except for real benchmark groups (named like
-    ``2020-1-16_group3``), whose JSON values the original loader did not trust, and the table otherwise.
+    ``2020-1-16_group3``), whose JSON values the original loader did not trust; then the group's own
+    ``CALIBRATION/Disp2Depth.npy``; the table last (:func:`dpface_lib.layout.select_ab`).
     """
     json_path = Path(json_path)
     root = Path(root) if root is not None else _root_of(json_path)
@@ -281,7 +276,7 @@ def read_sample(
     if meta["mask"] is not None:
         mask_raw = load_npy(Path(meta["mask"]))
         check(meta["mask"], mask_raw, None)
-        mask = (mask_raw > 0) & valid_depth
+        mask = (mask_raw != 0) & valid_depth  # any non-zero value is the face (docs/dataset_layout.md)
     else:
         mask = valid_depth
     normal = load_npy(Path(meta["normal"])).astype(np.float32)
@@ -308,7 +303,7 @@ def read_sample(
         light = parse_literal_array(params["Lvalue"], name="Lvalue", file=json_path, sizes=(3,))
     if not (np.all(np.isfinite(K)) and np.all(np.isfinite(pose))):
         raise DatasetError(f"{json_path}: PARAMS.intrinsic or PARAMS.pose holds NaN/inf")
-    a, b = _select_ab(record, meta["camidx"], meta["group"], ab_source, json_path)
+    a, b = select_ab(record, meta["camidx"], meta["group"], ab_source, json_path, json_path.parent.parent)
     return {
         **images,
         "depth": depth,
@@ -360,13 +355,16 @@ def sample_to_tensors(sample: dict[str, Any]) -> dict[str, Any]:
 
 
 
-def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
-    """The dataset root to read: ``data_root`` if given (relative paths are taken from the repository root,
-    as the notebooks and ``pipeline.yaml`` write them), else the committed ``data_samples/``."""
+def resolve_data_root(data_root: str | os.PathLike | None,
+                      relative_to: str | os.PathLike = REPO_ROOT) -> Path:
+    """The dataset root to read: ``data_root`` if given, else the committed ``data_samples/``.
+
+    Relative paths are taken from ``relative_to``: the repository root for notebooks and ``pipeline.yaml``
+    (which write them that way), the working directory for the command-line tools."""
     if data_root in (None, ""):
         return DATA_SAMPLES
     path = Path(data_root).expanduser()
-    return path if path.is_absolute() else (REPO_ROOT / path)
+    return path if path.is_absolute() else (Path(relative_to) / path)
 
 
 def evenly_spaced(n: int, k: int) -> list[int]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ import pandas as pd
 import torch
 
 from dpface_lib.checkpoint import CheckpointError, load_model
-from dpface_lib.fileio import atomic_write
+from dpface_lib.fileio import atomic_folder, atomic_write
 from dpface_lib.metrics import METRIC_KEYS, EvaluationError, batch_metrics
 
 ID_KEYS = ("sample_id", "group", "person", "camidx", "lightidx", "viewidx", "expression", "position",
@@ -276,7 +277,9 @@ def cli(argv: list[str] | None = None) -> int:
     source.add_argument("--predictions", type=Path, help="folder of <sample_id>.npz predictions")
     parser.add_argument("--data-root", type=Path, default=None, help="dataset root (default: data_samples/)")
     parser.add_argument("--split", default="test", help="split file name without .txt (default: test)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for per_sample/aggregate tables")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="folder for per_sample/aggregate tables (new or empty unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output folders whole")
     parser.add_argument("--name", default=None,
                         help="value of the 'model' column (default: file/folder name)")
     parser.add_argument("--batch-size", type=int, default=1)
@@ -286,19 +289,25 @@ def cli(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from dpface_lib.data import DatasetError, FaceDPDataset, resolve_data_root
 
-    root = resolve_data_root(args.data_root)
+    root = resolve_data_root(args.data_root, relative_to=Path.cwd())
     try:
-        if args.checkpoint is not None:
-            frame = evaluate_checkpoint(args.checkpoint, root, args.split, name=args.name,
-                                        batch_size=args.batch_size, device=args.device,
-                                        save_dir=args.save_predictions, progress=True)
-        else:
-            frame = evaluate_predictions(args.predictions, FaceDPDataset(root, args.split), name=args.name,
-                                         progress=True)
-    except (EvaluationError, DatasetError, CheckpointError) as exc:
+        with ExitStack() as stack:  # both output folders appear whole at the end, or not at all
+            out = stack.enter_context(atomic_folder(args.out, overwrite=args.overwrite))
+            save_dir = None
+            if args.save_predictions is not None:
+                save_dir = stack.enter_context(atomic_folder(args.save_predictions, overwrite=args.overwrite))
+            if args.checkpoint is not None:
+                frame = evaluate_checkpoint(args.checkpoint, root, args.split, name=args.name,
+                                            batch_size=args.batch_size, device=args.device,
+                                            save_dir=save_dir, progress=True)
+            else:
+                frame = evaluate_predictions(args.predictions, FaceDPDataset(root, args.split),
+                                             name=args.name, progress=True)
+            write_tables(frame, out)
+    except (EvaluationError, DatasetError, CheckpointError, FileExistsError) as exc:
         print(f"dpface eval: {exc}", file=sys.stderr)
         return 2
-    paths = write_tables(frame, args.out)
+    paths = {"per_sample_csv": args.out / "per_sample.csv", "aggregate_csv": args.out / "aggregate.csv"}
     with pd.option_context("display.width", 160, "display.max_columns", 30):
         print(aggregate(frame).round(4).to_string(index=False))
     print(f"wrote {paths['per_sample_csv']} ({len(frame)} rows) and {paths['aggregate_csv']}")

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +61,35 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+@contextmanager
+def atomic_folder(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Build a command's output folder out of sight and put it in place whole.
+
+    Yields a new temporary folder beside ``out``; when the block ends normally it becomes ``out`` (by
+    rename), when it raises it is deleted and ``out`` is left as it was. An existing non-empty ``out`` is
+    refused with :class:`FileExistsError` unless ``overwrite``, which replaces it whole (never a mix of old
+    and new files). A kill between the two renames of a replacement leaves the previous folder complete,
+    as ``.<name>.old-<pid>`` beside ``out``.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out}: output folder exists and is not empty; pass --overwrite to replace it "
+                              "or choose a new --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from dpface_lib.geometry import BENCHMARK_CAMERA_AB
+
 __all__ = [
-    "DatasetError", "inside_root", "load_image", "load_npy", "parse_literal_array", "read_calibration",
-    "read_json_record", "read_split", "resolve_data_path",
+    "DatasetError", "info_bool", "info_int", "inside_root", "load_image", "load_npy", "parse_literal_array",
+    "read_calibration", "read_json_record", "read_split", "resolve_data_path", "select_ab",
 ]
 
 IMAGE_KEYS = ("left", "right", "lrsum")
@@ -108,15 +110,25 @@ def read_split(root: str | Path, split: str) -> list[str]:
     if not re.fullmatch(r"[\w.-]+", split) or not split_file.is_file():
         known = sorted(p.stem for p in root.glob("*.txt")) if root.is_dir() else []
         raise DatasetError(f"{split_file}: unknown split {split!r}; splits found in {root}: {known}")
-    groups = []
-    for lineno, line in enumerate(split_file.read_text(encoding="utf-8").splitlines(), start=1):
+    groups: list[str] = []
+    first_line: dict[str, int] = {}
+    try:
+        text = split_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{split_file}: not UTF-8 text ({exc})") from exc
+    for lineno, line in enumerate(text.splitlines(), start=1):
         entry = line.split("#", 1)[0].strip()
         if not entry:
             continue
         group_dir = inside_root(root, entry, source=f"{split_file}:{lineno}", what="group")
         if not group_dir.is_dir():
             raise DatasetError(f"{split_file}:{lineno}: group folder {entry!r} does not exist")
-        groups.append(group_dir.relative_to(root.resolve()).as_posix())
+        group = group_dir.relative_to(root.resolve()).as_posix()
+        if group in first_line:
+            raise DatasetError(f"{split_file}:{lineno}: group {entry!r} is listed again (first on line "
+                               f"{first_line[group]}); each group may appear once")
+        first_line[group] = lineno
+        groups.append(group)
     if not groups:
         raise DatasetError(f"{split_file}: split {split!r} is empty")
     return groups
@@ -215,3 +227,71 @@ def resolve_data_path(root: Path, group_dir: Path, rel: str, *, source: Path, ke
         if alternative.exists():
             return alternative
     return target
+
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def info_bool(info: dict, key: str, json_path: Path) -> bool:
+    """``INFO[key]`` as a boolean, parsed strictly: true/false, 1/0 or the strings "true"/"false"
+    (any case); anything else raises :class:`DatasetError` naming the file and key."""
+    value = info[key]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in (*_TRUE, *_FALSE):
+        return value.strip().lower() in _TRUE
+    raise DatasetError(f"{json_path}: INFO.{key} must be true or false, got {value!r}")
+
+
+def info_int(info: dict, key: str, json_path: Path, default: int | None = None) -> int:
+    """``INFO[key]`` as an integer (an int, or a string of digits); raises :class:`DatasetError` naming
+    the file and key otherwise."""
+    value = info.get(key, default)
+    if isinstance(value, bool) or value is None:
+        raise DatasetError(f"{json_path}: INFO.{key} must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,9}\s*", value):
+        return int(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**31:
+        return int(value)
+    raise DatasetError(f"{json_path}: INFO.{key} must be an integer, got {value!r}")
+
+
+def select_ab(record: dict, camidx: int, group: str, ab_source: str, json_path: Path,
+               group_dir: Path) -> tuple[float, float]:
+    """(a, b) of a sample. ``auto``: a simulated group's own ``PARAMS.abvalue``; else the group's own
+    ``CALIBRATION/Disp2Depth.npy`` row; only then the real benchmark's table. ``json`` / ``table``: that
+    source alone."""
+    if ab_source not in ("auto", "json", "table"):
+        raise ValueError(f"ab_source must be 'auto', 'json' or 'table', not {ab_source!r}")
+    raw = record["PARAMS"].get("abvalue")
+    from_json = None
+    if raw is not None and ab_source != "table":
+        values = parse_literal_array(raw, name="abvalue", file=json_path, sizes=(2,))
+        if np.all(np.isfinite(values)) and values[0] != 0:
+            from_json = (float(values[0]), float(values[1]))
+    if ab_source == "json" or (ab_source == "auto" and not REAL_GROUP_PATTERN.match(group)):
+        if from_json is not None:
+            return from_json
+        if ab_source == "json":
+            raise DatasetError(f"{json_path}: PARAMS.abvalue is missing or not finite (ab_source='json')")
+    table_file = group_dir / "CALIBRATION" / "Disp2Depth.npy"
+    if ab_source == "auto" and table_file.is_file():
+        table = read_calibration(group_dir)["disp2depth"]
+        if not 1 <= camidx <= len(table):
+            raise DatasetError(f"{table_file}: no row for camera {camidx} ({len(table)} rows)")
+        a, b = (float(v) for v in table[camidx - 1])
+        if not (np.isfinite(a) and np.isfinite(b) and a != 0):
+            raise DatasetError(f"{table_file}: row {camidx - 1} (camera {camidx}) is not a usable (a, b)")
+        return a, b
+    if camidx not in BENCHMARK_CAMERA_AB:
+        raise DatasetError(
+            f"{json_path}: no (a, b) for camera {camidx}: PARAMS.abvalue unusable, no "
+            f"{table_file.relative_to(group_dir.parent)} and camera not in the benchmark table "
+            f"{sorted(BENCHMARK_CAMERA_AB)}"
+        )
+    a, b = BENCHMARK_CAMERA_AB[camidx]
+    return float(a), float(b)

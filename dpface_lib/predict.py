@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dpface_lib.demo import DEMO_CHECKPOINT
-from dpface_lib.fileio import atomic_save_npy, atomic_write
+from dpface_lib.fileio import atomic_folder, atomic_save_npy, atomic_write
 from dpface_lib.geometry import intrinsics_from_vector
 from dpface_lib.layout import DatasetError, load_image, parse_literal_array
 from dpface_lib.simulate.rig import NOMINAL_FOCAL_PER_HEIGHT
@@ -264,7 +264,8 @@ def _parser() -> argparse.ArgumentParser:
         "--checkpoint",
         help="training checkpoint (default: the demo model dpface_lib/assets/stereodpnet_demo.ckpt)",
     )
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, help="output folder (new or empty unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder whole")
     return parser
 
 
@@ -310,7 +311,8 @@ def cli(argv: list[str]) -> int:
             )
         model = load_predictor(args.checkpoint)
         result = predict_pair(model, left, right, calib["a"], calib["b"], calib["K"])
-        written = save_outputs(args.out, result)
+        with atomic_folder(args.out, overwrite=args.overwrite) as folder:  # all files, or none
+            written = save_outputs(folder, result)
     except PredictError as exc:
         print(f"dpface predict: {exc}", file=sys.stderr)
         return 2

@@ -394,7 +394,8 @@ def cli(argv: list[str] | None = None) -> int:
         from dpface_lib.data import resolve_data_root
 
         devices = int(args.devices) if str(args.devices).isdigit() else args.devices
-        result = train_model(args.model, resolve_data_root(args.data_root), args.out, args.profile,
+        root = resolve_data_root(args.data_root, relative_to=Path.cwd())
+        result = train_model(args.model, root, args.out, args.profile,
                              max_steps=args.max_steps, max_epochs=args.max_epochs, seed=args.seed,
                              resume=args.resume, model_overrides=model_overrides, config_overrides=overrides,
                              accelerator=args.accelerator, devices=devices, strategy=args.strategy,

@@ -210,14 +210,17 @@ def test_ab_sources(tiny_dataset: Path) -> None:
     table = read_sample(path, ab_source="table")
     assert (table["a"], table["b"]) == pytest.approx(BENCHMARK_CAMERA_AB[2])
     assert BENCHMARK_CAMERA_AB[2] == pytest.approx((-25727.48737484, 31.80317696))
-    edit_json(
-        path, lambda r: r["INFO"].update(group="2020-1-16_group3")
-    )  # a real benchmark group: table in auto
-    assert read_sample(path)["a"] == pytest.approx(BENCHMARK_CAMERA_AB[2][0])
+    # a real benchmark group: its own CALIBRATION/Disp2Depth.npy, then the table; never the JSON in auto
+    edit_json(path, lambda r: r["INFO"].update(group="2020-1-16_group3")
+              or r["PARAMS"].update(abvalue="[1, 2]"))
+    assert (read_sample(path)["a"], read_sample(path)["b"]) == pytest.approx(tiny_ab(2))
+    # a simulated group without a usable PARAMS.abvalue: its own calibration file, not the real camera's
     edit_json(path, lambda r: r["INFO"].update(group=GROUP) or r["PARAMS"].update(abvalue="[nan, nan]"))
-    assert read_sample(path)["a"] == pytest.approx(BENCHMARK_CAMERA_AB[2][0])
+    assert (read_sample(path)["a"], read_sample(path)["b"]) == pytest.approx(tiny_ab(2))
     with pytest.raises(DatasetError, match="abvalue"):
         read_sample(path, ab_source="json")
+    (tiny_dataset / GROUP / "CALIBRATION/Disp2Depth.npy").unlink()  # no file of its own: the table
+    assert read_sample(path)["a"] == pytest.approx(BENCHMARK_CAMERA_AB[2][0])
 
 
 @pytest.mark.parametrize(

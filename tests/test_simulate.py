@@ -305,12 +305,14 @@ def test_interrupted_write_leaves_no_acceptable_sample(tmp_path, fail_after):
 
 def test_cli_rejects_bad_options(tmp_path, capsys):
     assert cli(["--out", str(tmp_path / "x"), "--size", "100x96", "--quiet"]) == 2
-    assert "multiples of 32" in capsys.readouterr().out
+    assert "multiples of 32" in capsys.readouterr().err
     assert cli(["--out", str(tmp_path / "x"), "--cameras", "0,9", "--quiet"]) == 2
-    assert "cameras" in capsys.readouterr().out
+    assert "cameras" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(["--out", str(tmp_path), "--size", "tall"])
-    assert not (tmp_path / "x" / "sim_group001").exists()
+    assert not (tmp_path / "x").exists()  # nothing written, not even the folder
+    with pytest.raises(SystemExit):
+        parse_args(["--out", str(tmp_path), "--lights-per-view", "-1"])
 
 
 def test_obj_parser_errors_name_the_file(tmp_path):

@@ -16,6 +16,7 @@ Command line: ``dpface simulate --out DIR --persons N --size HxW --seed S`` (see
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 __all__ = ["cli", "parse_args"]
@@ -40,15 +41,38 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def parse_args(argv: list[str]):
-    """Parse ``dpface simulate`` options into a :class:`~dpface_lib.simulate.writer.SimConfig`."""
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The options of ``dpface simulate``, each checked before anything is written."""
     from dpface_lib.geometry import BENCHMARK_OPTICS
     from dpface_lib.simulate.optics import DEFAULT_TAU
-    from dpface_lib.simulate.writer import SimConfig
 
     p = argparse.ArgumentParser(prog="dpface simulate", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True, help="dataset root to write (created if missing)")
-    p.add_argument("--persons", type=int, default=4, help="number of synthetic persons (one group each)")
+    p.add_argument("--persons", type=_at_least(1), default=4,
+                   help="number of synthetic persons (one group each)")
     p.add_argument("--size", type=_size, default=(192, 256), help="stored image size HxW, multiples of 32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -58,23 +82,38 @@ def parse_args(argv: list[str]):
     p.add_argument("--expressions", type=_names, default=("neutral", "frowning", "yawning"))
     p.add_argument("--positions", type=_names, default=("forward", "backward"))
     p.add_argument("--directions", type=_names, default=("left", "right", "front", "upper"))
-    p.add_argument("--test-persons", type=int, default=None, help="persons in test.txt (default: a quarter)")
+    p.add_argument("--test-persons", type=_at_least(0), default=None,
+                   help="persons in test.txt (default: a quarter)")
     p.add_argument(
         "--views-per-person",
-        type=int,
+        type=_at_least(0),
         default=0,
         help="random subset of the selected (expression, position, direction) views per person; 0 = all",
     )
     p.add_argument(
-        "--lights-per-view", type=int, default=0, help="random subset of the lights per view; 0 = all"
+        "--lights-per-view", type=_at_least(0), default=0,
+        help="random subset of the lights per view; 0 = all",
     )
-    p.add_argument("--f-number", type=float, default=BENCHMARK_OPTICS.f_number, help="lens f-number")
-    p.add_argument("--tau", type=float, default=DEFAULT_TAU, help="softness of the DP half-pixel response")
-    p.add_argument("--jpeg-quality", type=int, default=92)
+    p.add_argument("--f-number", type=_positive_float, default=BENCHMARK_OPTICS.f_number,
+                   help="lens f-number")
+    p.add_argument("--tau", type=_positive_float, default=DEFAULT_TAU,
+                   help="softness of the DP half-pixel response")
+    p.add_argument("--jpeg-quality", type=_at_least(1), default=92)
     p.add_argument("--no-noise", action="store_true", help="skip the Poisson-Gaussian sensor noise")
-    p.add_argument("--workers", type=int, default=1, help="processes rendering views in parallel")
+    p.add_argument("--workers", type=_at_least(1), default=1, help="processes rendering views in parallel")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    a = p.parse_args(argv)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder whole")
+    return p
+
+
+def parse_args(argv: list[str]):
+    """Parse ``dpface simulate`` options into a :class:`~dpface_lib.simulate.writer.SimConfig`."""
+    return _config(_parser().parse_args(argv))
+
+
+def _config(a: argparse.Namespace):
+    from dpface_lib.simulate.writer import SimConfig
+
     test_persons = a.test_persons if a.test_persons is not None else (a.persons // 4 if a.persons > 1 else 0)
     return SimConfig(
         out=a.out,
@@ -100,14 +139,26 @@ def parse_args(argv: list[str]):
 
 
 def cli(argv: list[str]) -> int:
-    """``dpface simulate ...``: generate a set; returns the exit status (2 on bad options)."""
+    """``dpface simulate ...``: generate a set; returns the exit status (2 on bad options).
+
+    The set is written into a temporary folder beside ``--out`` and renamed into place when complete, so an
+    interrupted run leaves no partial set under ``--out`` (and a rerun starts clean); an existing non-empty
+    ``--out`` is refused unless ``--overwrite``."""
+    import dataclasses
+
+    from dpface_lib.fileio import atomic_folder
     from dpface_lib.simulate.writer import generate
 
-    cfg = parse_args(argv)
+    args = _parser().parse_args(argv)
+    if args.jpeg_quality > 100:
+        print(f"dpface simulate: --jpeg-quality must be 1..100, got {args.jpeg_quality}", file=sys.stderr)
+        return 2
+    cfg = _config(args)
     try:
-        counts = generate(cfg)
-    except ValueError as err:
-        print(f"dpface simulate: {err}")
+        with atomic_folder(cfg.out, overwrite=args.overwrite) as folder:
+            counts = generate(dataclasses.replace(cfg, out=folder))
+    except (ValueError, FileExistsError) as err:
+        print(f"dpface simulate: {err}", file=sys.stderr)
         return 2
     print(
         f"wrote {counts['samples']} samples ({counts['views']} views, {counts['groups']} groups) to {cfg.out}"
