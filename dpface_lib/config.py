@@ -160,7 +160,8 @@ def parse_key_value(text: str, option: str = "--set") -> tuple[str, Any]:
     try:
         return key.strip(), yaml.safe_load(value)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{option} {text!r}: the value is not valid YAML ({exc})") from exc
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"{option} {text!r}: the value is not valid YAML ({detail})") from exc
 
 
 def parse_overrides(items: list[str], option: str = "--set") -> dict[str, Any]:

@@ -85,6 +85,8 @@ def parse_literal_array(
 
 def inside_root(root: Path, rel: str | Path, *, source: str | Path, what: str) -> Path:
     """Resolve ``rel`` against ``root`` (symlinks followed) and refuse anything that ends up outside it."""
+    if any(ord(ch) < 32 for ch in str(rel)):
+        raise DatasetError(f"{source}: {what} {str(rel)!r} holds control characters; not a path")
     rel_path = Path(rel)
     if rel_path.is_absolute():
         raise DatasetError(
