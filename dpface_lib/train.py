@@ -319,6 +319,8 @@ def train_model(
             raise FileNotFoundError(f"--resume: checkpoint {ckpt_path} does not exist")
     if ckpt_path is None and (out_dir / "metrics.csv").is_file():
         (out_dir / "metrics.csv").unlink()  # a fresh run does not append to an older run's log
+    for stale in ckpt_dir.glob(".*.tmp"):  # the temporary file of a save that a kill interrupted
+        stale.unlink(missing_ok=True)
 
     pl.seed_everything(seed, workers=True, verbose=False)
     module = DPFaceModule(name, profile, model_overrides, config)
