@@ -33,7 +33,7 @@ from dpface_lib.simulate.writer import SimConfig, generate, group_rig, person_pl
 #: the exact options that produced data_samples/ (data_samples/README.md shows the same command)
 DATA_SAMPLES_ARGS = (
     "--persons 8 --test-persons 2 --size 160x128 --seed 1 --views-per-person 1 "
-    "--lights-per-view 2 --f-number 1.2 --quiet"
+    "--lights-per-view 2 --f-number 1.2 --quiet --overwrite"
 )
 
 
