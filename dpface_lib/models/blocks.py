@@ -145,21 +145,31 @@ class ResidualBlock(nn.Module):
 # Disparity levels, row shifts and cost volumes
 
 
-def disparity_levels(min_disp: float, max_disp: float, levels: int, scale: int = 1) -> list[float]:
-    """Cost-volume levels ``min/scale + i (max - min) / (scale levels)``, i = 0..levels-1 (px at 1/scale).
+def disparity_levels(min_disp: float, max_disp: float, levels: int, scale: int = 1,
+                     align_corners: bool = False) -> list[float]:
+    """The disparities (px at 1/``scale``) of ``levels`` cost-volume levels over [min_disp, max_disp).
 
-    With the benchmark's −4…12 px, 8 levels and scale 4 this gives −1, −0.5, …, 2.5 (quarter-res px).
-    The value ``max_disp`` itself is never a level.
+    The convention follows how the volume is later upsampled, so that a level's value is the shift it was
+    built from: ``align_corners=False`` (the baselines' upsampling) gives ``min/scale + i (max - min) /
+    (scale levels)``, i = 0..levels-1, and never ``max_disp`` itself (with the benchmark's −4…12 px, 8
+    levels and scale 4: −1, −0.5, …, 2.5); ``align_corners=True`` (StereoDPNet's trilinear upsampling, whose
+    corner samples sit on both ends) gives ``linspace(min, max, levels) / scale``, both ends included.
     """
     if not max_disp > min_disp:
         raise ValueError(f"max_disp ({max_disp}) must exceed min_disp ({min_disp})")
-    step = (max_disp - min_disp) / (scale * levels)
+    if align_corners:
+        step = (max_disp - min_disp) / (scale * max(levels - 1, 1))
+    else:
+        step = (max_disp - min_disp) / (scale * levels)
     return [min_disp / scale + i * step for i in range(levels)]
 
 
-def disparity_bins(min_disp: float, max_disp: float, count: int, device=None, dtype=None) -> torch.Tensor:
-    """(count,) full-resolution disparity values ``min + j (max - min) / count`` (px) for soft-argmin."""
-    return torch.tensor(disparity_levels(min_disp, max_disp, count, 1), device=device, dtype=dtype)
+def disparity_bins(min_disp: float, max_disp: float, count: int, device=None, dtype=None,
+                   align_corners: bool = False) -> torch.Tensor:
+    """(count,) full-resolution disparity values (px) for soft-argmin, in the convention of
+    :func:`disparity_levels`."""
+    values = disparity_levels(min_disp, max_disp, count, 1, align_corners)
+    return torch.tensor(values, device=device, dtype=dtype)
 
 
 def _shift_rows_int(x: torch.Tensor, shift: int) -> torch.Tensor:

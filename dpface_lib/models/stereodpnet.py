@@ -13,7 +13,8 @@ Pipeline for a DP pair (B, 3, H, W), H and W multiples of 16:
    around the final disparity.
 
 Levels and bins: the L cost levels are ``linspace(min_disp, max_disp, L)`` full-resolution px and the 4L
-regression bins ``linspace(min_disp, max_disp, 4L)``: exactly the disparities at which the
+regression bins ``linspace(min_disp, max_disp, 4L)`` (``blocks.disparity_levels(..., align_corners=True)``):
+exactly the disparities at which the
 align-corners trilinear upsampling places the bins, so a bin's label and the shift it was computed from
 agree (the release labels the bins ``min + 0.5 j``, a 1.1× stretch of the sampled shifts).
 
@@ -38,6 +39,8 @@ from dpface_lib.models.blocks import (
     check_divisible,
     conv_bn,
     conv_bn_relu,
+    disparity_bins,
+    disparity_levels,
     disparity_outputs,
     imagenet_normalize,
     init_msra_normal,
@@ -171,10 +174,12 @@ class StereoDPNet(nn.Module):
         self.use_anm = bool(use_anm)
         self.loss_weights = [float(w) for w in loss_weights]
         self.loss_terms = {"smooth_l1": 1.0, **({"cosine": float(normal_loss_weight)} if use_anm else {})}
-        level_disparities = torch.linspace(self.min_disp, self.max_disp, self.levels, dtype=torch.float64)
+        levels_px = disparity_levels(self.min_disp, self.max_disp, self.levels, align_corners=True)
+        level_disparities = torch.tensor(levels_px, dtype=torch.float64)
         self.register_buffer("level_disparities", level_disparities.float(), persistent=False)
         self.register_buffer(
-            "bins", torch.linspace(self.min_disp, self.max_disp, 4 * self.levels), persistent=False
+            "bins", disparity_bins(self.min_disp, self.max_disp, 4 * self.levels, align_corners=True),
+            persistent=False,
         )
         self.features = DPFeatures(channels, block_stack)
         self.asm = AdaptiveSamplingVolume(channels, level_disparities.tolist(), asm_modes, use_attention)

@@ -105,3 +105,15 @@ def test_malformed_configs_name_the_file_and_the_problem(tmp_path, monkeypatch, 
     _write(tmp_path, "dpnet", text)  # the config of a registered model
     with pytest.raises(ModelConfigError, match=message):
         build_model("dpnet")
+
+
+def test_disparity_levels_follow_the_upsampling_convention():
+    from dpface_lib.models.blocks import disparity_levels
+
+    # align_corners=False (the baselines): max_disp is never a level; quarter resolution of -4..12 px
+    assert disparity_levels(-4.0, 12.0, 8, scale=4) == [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+    # align_corners=True (StereoDPNet): both ends, the values of torch.linspace
+    assert disparity_levels(-4.0, 12.0, 5, align_corners=True) == [-4.0, 0.0, 4.0, 8.0, 12.0]
+    model = build_model("stereodpnet", profile="tiny")
+    levels = model.level_disparities.tolist()
+    assert levels[0] == model.min_disp and levels[-1] == model.max_disp
