@@ -9,6 +9,7 @@ file, fsync, rename).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +22,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from dpface_lib.fileio import atomic_write
-from dpface_lib.models import build_model
+from dpface_lib.models import build_model, list_models
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_KEY", "AtomicCheckpointIO", "CheckpointError",
            "SaveLastCheckpoint", "load_checkpoint", "load_model", "plain"]
@@ -70,17 +71,63 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise CheckpointError(f"{path}: not a readable checkpoint (weights-only load failed: {exc})") from exc
 
 
+#: Limits on the stored constructor arguments, checked before anything is allocated: a few bytes of
+#: checkpoint must not be able to ask for gigabytes (widths, levels and channel counts of the kit's models
+#: are far below these).
+MAX_INT_ARGUMENT = 4096
+MAX_LIST_ARGUMENT = 64
+
+
+def _check_model_args(path: os.PathLike, name: Any, args: Any) -> None:
+    if not isinstance(name, str) or name not in list_models():
+        raise CheckpointError(f"{path}: unknown model {name!r}; registered: {', '.join(list_models())}")
+    if not isinstance(args, Mapping):
+        raise CheckpointError(f"{path}: the stored model arguments are not a mapping")
+
+    def check(key: str, value: Any) -> None:
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            return
+        if isinstance(value, int) and abs(value) <= MAX_INT_ARGUMENT:
+            return
+        if isinstance(value, float) and math.isfinite(value) and abs(value) <= 1e6:
+            return
+        if isinstance(value, list | tuple) and len(value) <= MAX_LIST_ARGUMENT:
+            for item in value:
+                check(key, item)
+            return
+        raise CheckpointError(f"{path}: stored model argument {key}={value!r} is outside the kit's limits "
+                              f"(integers up to {MAX_INT_ARGUMENT}, lists up to {MAX_LIST_ARGUMENT} items); "
+                              "refusing to build it")
+
+    for key, value in args.items():
+        check(str(key), value)
+
+
 def load_model(checkpoint_path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
-    """The trained network of a checkpoint, rebuilt from the configuration saved in it, in eval mode."""
+    """The trained network of a checkpoint, rebuilt from the configuration saved in it, in eval mode.
+
+    The stored model name and arguments are checked before the network is built; an architecture that does
+    not match the stored weights raises :class:`CheckpointError` in one line."""
     checkpoint = load_checkpoint(checkpoint_path, map_location=map_location)
     meta = checkpoint.get(CHECKPOINT_KEY)
-    if not isinstance(meta, dict) or "model" not in meta:
+    state_dict = checkpoint.get("state_dict")
+    if not isinstance(meta, dict) or "model" not in meta or not isinstance(state_dict, dict):
         raise CheckpointError(f"{checkpoint_path}: not a DP-Face training checkpoint (no '{CHECKPOINT_KEY}' "
-                         "entry)")
-    model = build_model(meta["model"], "full", **meta["model_args"])
+                              "entry or no state_dict)")
+    _check_model_args(checkpoint_path, meta["model"], meta.get("model_args", {}))
+    try:
+        model = build_model(meta["model"], "full", **meta.get("model_args", {}))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{checkpoint_path}: cannot build the stored model: {exc}") from exc
     prefix = "model."
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    model.load_state_dict(state, strict=True)
+    state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(f"{checkpoint_path}: the stored weights do not fit the stored architecture "
+                              f"({first[0] if first else 'state_dict mismatch'}; "
+                              f"{len(first) - 1} more line(s) with --debug)") from exc
     model.to(map_location if isinstance(map_location, str | torch.device) else "cpu")
     return model.eval()
 

@@ -396,3 +396,30 @@ def test_edge_turns_expected_errors_into_one_line_and_debug_shows_them(tmp_path:
     monkeypatch.setattr(predict, "cli", bug)
     with pytest.raises(ZeroDivisionError):  # bugs are not hidden behind a one-line message
         cli.main(["predict"])
+
+
+def test_checkpoint_arguments_are_checked_before_the_model_is_built(tmp_path: Path) -> None:
+    import time
+
+    small = build_model("dpnet", "tiny")
+    meta = {"format": 1, "model": "dpnet", "profile": "tiny", "model_args": {"width": 0.25}}
+    state = {f"model.{k}": v for k, v in small.state_dict().items()}
+    huge = tmp_path / "huge.ckpt"
+    torch.save({"dpface": {**meta, "model": "psmnet", "model_args": {"channels": 20000}}, "state_dict": {}}, huge)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="huge.ckpt: stored model argument channels=20000"):
+        load_model(huge)
+    assert time.perf_counter() - start < 5  # refused before any allocation
+    unknown = tmp_path / "unknown.ckpt"
+    torch.save({"dpface": {**meta, "model": "resnet"}, "state_dict": state}, unknown)
+    with pytest.raises(CheckpointError, match="unknown.ckpt: unknown model 'resnet'"):
+        load_model(unknown)
+    mismatch = tmp_path / "mismatch.ckpt"
+    torch.save({"dpface": meta, "state_dict": state}, mismatch)  # tiny weights, width 0.25 architecture
+    with pytest.raises(CheckpointError, match="mismatch.ckpt: the stored weights do not fit") as info:
+        load_model(mismatch)
+    assert len(str(info.value).splitlines()) == 1
+    bad_arg = tmp_path / "badarg.ckpt"
+    torch.save({"dpface": {**meta, "model_args": {"wdth": 1.0}}, "state_dict": state}, bad_arg)
+    with pytest.raises(CheckpointError, match="badarg.ckpt: cannot build the stored model"):
+        load_model(bad_arg)
