@@ -1,9 +1,18 @@
 """DP-Face kit: facial depth and surface normals from a single dual-pixel camera.
 
-One module per concept: ``geometry`` (thin-lens DP model), ``data`` (benchmark-layout reader),
-``simulate`` (physically based DP face generator), ``metrics``, ``losses``, ``models``, ``train``,
-``evaluate`` and ``pipeline`` (papermill runner). Modules are imported on demand so that
-``import dpface_lib`` stays fast.
+One module per concept, importing only downwards (``tests/test_architecture.py`` checks it):
+
+- foundations: ``fileio`` (atomic writes), ``geometry`` (thin-lens DP model, camera maths), ``layout``
+  (the benchmark's files one by one), ``data`` (index, samples, torch dataset), ``transforms``;
+- the simulator: ``simulate`` (physically based DP face generator and the teaching-set cache);
+- learning: ``models`` (registry and networks), ``losses``, ``config`` (training configs, ``--set``),
+  ``sampling`` (seeded order, RNG state), ``checkpoint``, ``train``, ``classical`` (reference matchers);
+- scoring: ``metrics`` (one implementation per metric, ``batch_metrics``), ``evaluate`` (tables,
+  leaderboards), ``corruptions`` (ground truth with known errors);
+- use: ``predict`` and ``demo`` (the shipped model), ``viz`` (figures), ``notebook``, ``pipeline``
+  (papermill runner), ``cli`` (the ``dpface`` command and its error edge).
+
+Modules are imported on demand so that ``import dpface_lib`` stays fast.
 """
 
 from __future__ import annotations
