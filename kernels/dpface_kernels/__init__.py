@@ -2,10 +2,12 @@
 
 ``deform_conv3d`` is a 3D deformable convolution (trilinear sampling at learned offsets, optional DCNv2
 modulation, groups and offset groups), registered as the custom op ``torch.ops.dpface.deform_conv3d`` with CPU
-(OpenMP) and CUDA kernels in ``csrc/``. Shape inference (``register_fake``) and the backward
-(``register_autograd`` -> ``torch.ops.dpface.deform_conv3d_backward``) are registered here, so the op works
-with autograd and ``torch.compile``. Without the compiled library the pure-PyTorch ``reference`` is used,
-after one warning.
+(OpenMP) and CUDA kernels in ``csrc/``. The op returns ``(output, columns)``: with ``save_columns`` the
+forward keeps its sampled columns for the weight gradient (within :data:`SAVE_COLUMNS_MAX_BYTES`), so the
+backward does not sample the input again. Shape inference (``register_fake``) and the backward
+(``register_autograd`` -> ``torch.ops.dpface.deform_conv3d_backward``, which computes only the gradients
+autograd needs) are registered here, so the op works with autograd and ``torch.compile``. Without the
+compiled library the pure-PyTorch ``reference`` is used, after one warning.
 """
 
 from __future__ import annotations
