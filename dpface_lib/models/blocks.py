@@ -157,10 +157,10 @@ def disparity_levels(min_disp: float, max_disp: float, levels: int, scale: int =
     """
     if not max_disp > min_disp:
         raise ValueError(f"max_disp ({max_disp}) must exceed min_disp ({min_disp})")
-    if align_corners:
-        step = (max_disp - min_disp) / (scale * max(levels - 1, 1))
-    else:
-        step = (max_disp - min_disp) / (scale * levels)
+    if align_corners:  # float64 torch.linspace: bit-for-bit the values StereoDPNet was trained with
+        values = torch.linspace(float(min_disp), float(max_disp), levels, dtype=torch.float64) / scale
+        return values.tolist()
+    step = (max_disp - min_disp) / (scale * levels)
     return [min_disp / scale + i * step for i in range(levels)]
 
 
@@ -168,8 +168,9 @@ def disparity_bins(min_disp: float, max_disp: float, count: int, device=None, dt
                    align_corners: bool = False) -> torch.Tensor:
     """(count,) full-resolution disparity values (px) for soft-argmin, in the convention of
     :func:`disparity_levels`."""
-    values = disparity_levels(min_disp, max_disp, count, 1, align_corners)
-    return torch.tensor(values, device=device, dtype=dtype)
+    if align_corners:  # torch.linspace itself: the float32 values StereoDPNet's checkpoints were trained with
+        return torch.linspace(float(min_disp), float(max_disp), count, device=device, dtype=dtype)
+    return torch.tensor(disparity_levels(min_disp, max_disp, count, 1), device=device, dtype=dtype)
 
 
 def _shift_rows_int(x: torch.Tensor, shift: int) -> torch.Tensor:
