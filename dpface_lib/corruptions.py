@@ -46,8 +46,8 @@ class CorruptedGroundTruth(nn.Module):
         if kind not in KINDS:
             raise ValueError(f"unknown corruption {kind!r}; one of {KINDS}")
         self.kind, self.noise_rel, self.seed = kind, noise_rel, seed
-        self.affine, self.blur_sigma_px, self.hole_fraction = (affine_scale, affine_offset), blur_sigma_px, \
-            hole_fraction
+        self.affine = (affine_scale, affine_offset)
+        self.blur_sigma_px, self.hole_fraction = blur_sigma_px, hole_fraction
 
     def corrupt(self, disparity: np.ndarray, mask: np.ndarray, sample_id: str) -> np.ndarray:
         """(H, W) corrupted copy of ``disparity`` (px); ``mask`` (H, W) bool is the face."""

@@ -303,11 +303,11 @@ def cli(argv: list[str] | None = None) -> int:
             else:
                 frame = evaluate_predictions(args.predictions, FaceDPDataset(root, args.split),
                                              name=args.name, progress=True)
-            write_tables(frame, out)
+            written = write_tables(frame, out)
     except (EvaluationError, DatasetError, CheckpointError, FileExistsError) as exc:
         print(f"dpface eval: {exc}", file=sys.stderr)
         return 2
-    paths = {"per_sample_csv": args.out / "per_sample.csv", "aggregate_csv": args.out / "aggregate.csv"}
+    paths = {key: args.out / path.name for key, path in written.items()}  # the folder now stands at --out
     with pd.option_context("display.width", 160, "display.max_columns", 30):
         print(aggregate(frame).round(4).to_string(index=False))
     print(f"wrote {paths['per_sample_csv']} ({len(frame)} rows) and {paths['aggregate_csv']}")

@@ -169,11 +169,12 @@ def load_image(path: Path) -> np.ndarray:
     return rgb / 255.0
 
 
-def read_calibration(group_dir: str | Path) -> dict[str, np.ndarray | None]:
+def read_calibration(group_dir: str | Path,
+                     keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray | None]:
     """The arrays of ``<group>/CALIBRATION``: ``intrinsic`` (n_cams, 3, 3), ``pose`` (n_cams, 4, 4)
     world->camera (t in mm), ``light`` (n_lights, 3), ``metadata`` [focal_mm, focus_mm, f_number,
-    pixel_um], ``disp2depth`` (n_cams, 2) per-camera [a, b]. Missing files give ``None``; a missing folder
-    or a malformed array raises."""
+    pixel_um], ``disp2depth`` (n_cams, 2) per-camera [a, b]; ``keys`` reads only those. Missing files give
+    ``None``; a missing folder or a malformed array raises."""
     calib_dir = Path(group_dir) / "CALIBRATION"
     if not calib_dir.is_dir():
         raise DatasetError(f"{calib_dir}: CALIBRATION folder is missing")
@@ -186,6 +187,8 @@ def read_calibration(group_dir: str | Path) -> dict[str, np.ndarray | None]:
     }
     out: dict[str, np.ndarray | None] = {}
     for key, (name, shape_ok) in specs.items():
+        if keys is not None and key not in keys:
+            continue
         path = calib_dir / name
         if not path.exists():
             out[key] = None
@@ -282,7 +285,7 @@ def select_ab(record: dict, camidx: int, group: str, ab_source: str, json_path: 
             raise DatasetError(f"{json_path}: PARAMS.abvalue is missing or not finite (ab_source='json')")
     table_file = group_dir / "CALIBRATION" / "Disp2Depth.npy"
     if ab_source == "auto" and table_file.is_file():
-        table = read_calibration(group_dir)["disp2depth"]
+        table = read_calibration(group_dir, keys=("disp2depth",))["disp2depth"]  # per sample: one file
         if not 1 <= camidx <= len(table):
             raise DatasetError(f"{table_file}: no row for camera {camidx} ({len(table)} rows)")
         a, b = (float(v) for v in table[camidx - 1])

@@ -199,12 +199,10 @@ def fit_affine(pred, gt, weight=None, *, robust: bool = False) -> tuple[float, f
     _check_finite(name, {"pred": x, "gt": y}, valid)
     _counts(name, valid, allow_empty=False)
     x, y, w = x[valid], y[valid], w[valid]
-    s, t = _wls_fit(x, y, w)
-    if robust:
-        irls = torch.ones_like(x)
-        for _ in range(IRLS_ITERS):
-            s, t = _wls_fit(x, y, w * irls)
-            irls = 1.0 / (s * x + t - y).abs().clamp_min(IRLS_EPS)
+    irls = torch.ones_like(x)
+    for _ in range(IRLS_ITERS if robust else 1):  # the first round is the plain weighted fit
+        s, t = _wls_fit(x, y, w * irls)
+        irls = 1.0 / (s * x + t - y).abs().clamp_min(IRLS_EPS)
     return float(s), float(t)
 
 
