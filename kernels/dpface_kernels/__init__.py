@@ -29,7 +29,10 @@ except (ImportError, OSError) as _error:  # not built, or built against another 
 else:
     _LOAD_ERROR = None
 
-__all__ = ["SAVE_COLUMNS_MAX_BYTES", "column_bytes", "deform_conv3d", "has_compiled", "has_cuda", "reference"]
+__all__ = [
+    "SAVE_COLUMNS_MAX_BYTES", "column_bytes", "column_shape", "deform_conv3d", "has_compiled", "has_cuda",
+    "reference",
+]
 
 _warned_fallback = False
 
@@ -96,7 +99,7 @@ def deform_conv3d(
     if input.is_cuda and not has_cuda():
         _warn_fallback("the compiled library was built without CUDA kernels")
         return reference.deform_conv3d(input, offset, weight, bias, mask, *args)
-    save = _save_columns(input, offset, weight, bias, mask, args)
+    save = _save_columns(input, weight, args)
     return torch.ops.dpface.deform_conv3d(input, offset, weight, bias, mask, *args, save)[0]
 
 
@@ -108,17 +111,20 @@ def deform_conv3d(
 SAVE_COLUMNS_MAX_BYTES = int(float(os.environ.get("DPFACE_SAVE_COLUMNS_MAX_MB", "256")) * 2**20)
 
 
-def column_bytes(input: torch.Tensor, weight: torch.Tensor, args: tuple) -> int:
-    """Bytes of the (N, C*kT*kH*kW, T'*H'*W') columns of one call.
-
-    ``args`` = (stride, padding, dilation, ...) as triples."""
+def column_shape(input: torch.Tensor, weight: torch.Tensor, args: tuple) -> tuple[int, int, int]:
+    """(N, C*kT*kH*kW, T'*H'*W'): the columns of one call; ``args`` = (stride, padding, dilation, ...)."""
     stride, padding, dilation = args[:3]
     out = output_size(tuple(input.shape[2:]), tuple(weight.shape[2:]), stride, padding, dilation)
     taps = weight.shape[2] * weight.shape[3] * weight.shape[4]
-    return input.shape[0] * input.shape[1] * taps * math.prod(out) * input.element_size()
+    return input.shape[0], input.shape[1] * taps, math.prod(out)
 
 
-def _save_columns(input, offset, weight, bias, mask, args) -> bool:
+def column_bytes(input: torch.Tensor, weight: torch.Tensor, args: tuple) -> int:
+    """Bytes of the columns of one call (:func:`column_shape`)."""
+    return math.prod(column_shape(input, weight, args)) * input.element_size()
+
+
+def _save_columns(input: torch.Tensor, weight: torch.Tensor, args: tuple) -> bool:
     """Keep the forward's columns when a weight gradient will be needed and they fit the budget."""
     if not (torch.is_grad_enabled() and weight.requires_grad):
         return False
@@ -142,8 +148,8 @@ if _C is not None:
         out = output_size(
             tuple(input.shape[2:]), tuple(weight.shape[2:]), stride, padding, dilation
         )
-        taps = weight.shape[2] * weight.shape[3] * weight.shape[4]
-        columns_shape = (input.shape[0], input.shape[1] * taps, math.prod(out)) if save_columns else (0,)
+        args = (stride, padding, dilation)
+        columns_shape = column_shape(input, weight, args) if save_columns else (0,)
         return input.new_empty((input.shape[0], weight.shape[0], *out)), input.new_empty(columns_shape)
 
     @torch.library.register_fake("dpface::deform_conv3d_backward")

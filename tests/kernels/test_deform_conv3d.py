@@ -135,12 +135,12 @@ def test_column_budget_decides_saving(monkeypatch):
     assert dpface_kernels.column_bytes(p["input"], p["weight"], args) == expected_bytes
     weight = p["weight"].clone().requires_grad_()
     save = dpface_kernels._save_columns
-    assert save(p["input"], p["offset"], weight, None, None, args)
-    assert not save(p["input"], p["offset"], p["weight"], None, None, args)  # no weight gradient
+    assert save(p["input"], weight, args)
+    assert not save(p["input"], p["weight"], args)  # no weight gradient
     with torch.no_grad():
-        assert not save(p["input"], p["offset"], weight, None, None, args)
+        assert not save(p["input"], weight, args)
     monkeypatch.setattr(dpface_kernels, "SAVE_COLUMNS_MAX_BYTES", expected_bytes - 1)
-    assert not save(p["input"], p["offset"], weight, None, None, args)
+    assert not save(p["input"], weight, args)
 
 
 @pytest.mark.parametrize("device", DEVICES)
