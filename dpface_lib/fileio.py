@@ -93,3 +93,37 @@ def atomic_folder(out: str | os.PathLike, *, overwrite: bool = False) -> Iterato
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 or uint16 image ``(H, W)``, ``(H, W, 1|2|3|4)`` (grey, grey+alpha, RGB, RGBA).
+
+    Unlike Pillow, this keeps 16-bit colour (48/64-bit RGB/RGBA PNGs). Samples are stored big-endian, one
+    filter byte (0, none) per row, as the PNG specification (ISO/IEC 15948) lays out.
+    """
+    import struct
+    import zlib
+
+    array = np.asarray(array)
+    if array.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"encode_png: expected uint8 or uint16, got {array.dtype}")
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4) or 0 in array.shape[:2]:
+        raise ValueError(f"encode_png: expected (H, W[, 1..4]) with H, W > 0, got {array.shape}")
+    height, width, channels = array.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    rows = np.ascontiguousarray(array.astype(array.dtype.newbyteorder(">"))).reshape(height, -1).view(np.uint8)
+    raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1).tobytes()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, array.dtype.itemsize * 8, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6))
+            + chunk(b"IEND", b""))
+
+
+def atomic_save_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """:func:`encode_png` written to ``path`` atomically."""
+    atomic_write_bytes(path, encode_png(array))

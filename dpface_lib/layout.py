@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from dpface_lib.geometry import BENCHMARK_CAMERA_AB
+from dpface_lib.images import ImageError, read_image, to_rgb
 
 __all__ = [
     "DatasetError", "info_bool", "info_int", "inside_root", "load_image", "load_npy", "parse_literal_array",
@@ -155,18 +156,13 @@ def load_npy(path: Path) -> np.ndarray:
 
 
 def load_image(path: Path) -> np.ndarray:
-    """RGB image as float32 (H, W, 3) in [0, 1]."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise DatasetError(f"{path}: image file is missing")
+    """RGB image as float32 (H, W, 3) in [0, 1] at the file's own precision (8 or 16 bit, see
+    :mod:`dpface_lib.images`); grey is repeated to three channels, alpha is dropped (with a warning)."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"{path}: not a readable image (corrupt or unsupported: {exc})") from exc
-    return rgb / 255.0
+        array, _ = read_image(path)
+    except ImageError as exc:
+        raise DatasetError(str(exc)) from exc
+    return to_rgb(array, path)
 
 
 def read_calibration(group_dir: str | Path,

@@ -58,6 +58,7 @@ from dpface_lib.fileio import atomic_write
 
 SUMMARY_FIELDS = ["step", "notebook", "parameters", "status", "seconds", "output"]
 DEFAULT_KERNEL = "dpface"
+MAX_PIPELINE_BYTES = 256 * 1024  # a pipeline file is a hand-written list of steps, never this large
 
 
 class PipelineError(RuntimeError):
@@ -88,19 +89,46 @@ def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
 
 
+def read_pipeline_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The top-level mapping of a pipeline file, read safely.
+
+    The file must be at most :data:`MAX_PIPELINE_BYTES`, UTF-8, and plain YAML: ``safe_load`` only (no
+    ``!!python`` tags), and no anchors or aliases (``&a`` / ``*a``), which would let a few lines expand
+    into billions of values. Raises :class:`PipelineError` naming the file (and the line of an alias).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_PIPELINE_BYTES:
+            raise PipelineError(f"{path}: pipeline file is {size} bytes; the limit is {MAX_PIPELINE_BYTES}")
+        text = path.read_text(encoding="utf-8")
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise PipelineError(
+                    f"{path}: line {event.start_mark.line + 1}: YAML anchors and aliases (&name, *name) are "
+                    "not allowed in pipeline files; write the values out"
+                )
+        spec = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise PipelineError(f"{path}: cannot read pipeline file: {err}") from err
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        raise PipelineError(f"{path}: expected a mapping at the top level, found {type(spec).__name__}")
+    return spec
+
+
 def load_pipeline(path: str | os.PathLike, base_dir: str | os.PathLike | None = None) -> list[Run]:
     """Read a pipeline YAML and expand it into runs, in order.
 
     Notebook paths are relative to ``base_dir`` (default: the folder of the YAML file).
-    Raises :class:`PipelineError` naming the file and the offending step/key.
+    Raises :class:`PipelineError` naming the file and the offending step/key, including two grid
+    combinations whose run names (and so output folders) would collide.
     """
     path = Path(path)
     base = Path(base_dir) if base_dir is not None else path.resolve().parent
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise PipelineError(f"{path}: cannot read pipeline file: {err}") from err
-    if not isinstance(spec, dict) or not isinstance(spec.get("steps"), list) or not spec["steps"]:
+    spec = read_pipeline_file(path)
+    if not isinstance(spec.get("steps"), list) or not spec["steps"]:
         raise PipelineError(f"{path}: expected a mapping with a non-empty list under 'steps'")
     unknown = set(spec) - {"name", "description", "parameters", "steps", "dataset"}
     if unknown:
@@ -111,6 +139,7 @@ def load_pipeline(path: str | os.PathLike, base_dir: str | os.PathLike | None = 
 
     runs: list[Run] = []
     seen: set[str] = set()
+    names: dict[str, dict[str, Any]] = {}
     for i, step in enumerate(spec["steps"]):
         where = f"{path}: step {i + 1}"
         if not isinstance(step, dict) or "name" not in step or "notebook" not in step:
@@ -138,7 +167,15 @@ def load_pipeline(path: str | os.PathLike, base_dir: str | os.PathLike | None = 
         keys = tuple(grid)
         for combo in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
             merged = {**params, **dict(zip(keys, combo, strict=True))}
-            runs.append(Run(step=name, notebook=notebook, parameters=merged, swept=keys, shared=shared))
+            run = Run(step=name, notebook=notebook, parameters=merged, swept=keys, shared=shared)
+            chosen = dict(zip(keys, combo, strict=True))
+            if run.name in names:
+                raise PipelineError(
+                    f"{where}: grid values {names[run.name]} and {chosen} both give the run name "
+                    f"{run.name!r} (one output folder); make the values differ in letters or digits"
+                )
+            names[run.name] = chosen
+            runs.append(run)
     return runs
 
 
@@ -146,8 +183,7 @@ def dataset_options(path: str | os.PathLike) -> dict[str, Any] | None:
     """The ``dataset:`` section of a pipeline file (``None`` when absent), its keys checked."""
     from dpface_lib.simulate.cache import simulate_argv
 
-    spec = yaml.safe_load(Path(path).read_text()) or {}
-    section = spec.get("dataset")
+    section = read_pipeline_file(path).get("dataset")
     if section is None:
         return None
     if not isinstance(section, dict):

@@ -47,7 +47,7 @@ __all__ = [
     "load_predictor",
     "predict_pair",
     "read_pair_calibration",
-    "read_image",
+    "read_rgb",
     "save_outputs",
 ]
 
@@ -59,8 +59,8 @@ class PredictError(ValueError):
     """Bad input for ``dpface predict``; the message names the file or option and the problem."""
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """(H, W, 3) float32 RGB in [0, 1] from an image file (grey and RGBA are converted to RGB)."""
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """(H, W, 3) float32 RGB in [0, 1] from an 8- or 16-bit image file (grey repeated, alpha dropped)."""
     try:
         return load_image(Path(path))
     except DatasetError as exc:
@@ -288,7 +288,7 @@ def cli(argv: list[str]) -> int:
                 "missing calibration: depth needs the pair's d = a / Z + b constants; pass --a and "
                 "--b, or --calib JSON"
             )
-        left, right = read_image(args.left), read_image(args.right)
+        left, right = read_rgb(args.left), read_rgb(args.right)
         if left.shape != right.shape:
             raise PredictError(
                 f"{args.left} is {left.shape[1]}x{left.shape[0]} (WxH) but {args.right} is "

@@ -225,3 +225,28 @@ def test_leaderboard_written_after_each_step(project: Path) -> None:
     assert list(rows[0]) == ["model", "n", "ai1", "ai2", "spearman", "absrel", "mean_deg", "train_seconds"]
     assert rows[0]["model"] == "m" and rows[0]["n"] == "2" and float(rows[0]["ai1"]) == pytest.approx(1.0)
     assert float(rows[0]["train_seconds"]) == 12.5 and rows[0]["mean_deg"] == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: &x [1, 2]\nb: *x\nsteps:\n  - {name: s, notebook: ok.ipynb}\n", "line 1: YAML anchors and aliases"),
+        # the "billion laughs" shape: nine levels of nine aliases would expand to 9**9 values
+        ("l0: &a0 [x]\n" + "".join(f"l{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10))
+         + "steps:\n  - {name: s, notebook: ok.ipynb}\n", "line 1: YAML anchors"),
+        ("steps:\n  - {name: s, notebook: ok.ipynb}\n" + "# padding\n" * 30000, "bytes; the limit is 262144"),
+        ("- just\n- a list\n", "expected a mapping at the top level, found list"),
+        ("steps: [\n", "cannot read pipeline file"),
+        ("steps:\n  - {name: s, notebook: ok.ipynb, grid: {model: ['a b', 'a-b']}}\n",
+         "grid values {'model': 'a b'} and {'model': 'a-b'} both give the run name 's__model-a-b'"),
+        ("steps:\n  - {name: s, notebook: ok.ipynb, grid: {x: [1, '1']}}\n", "both give the run name 's__x-1'"),
+    ],
+    ids=["alias", "alias_bomb", "too_large", "not_a_mapping", "bad_yaml", "slug_collision", "type_collision"],
+)
+def test_pipeline_file_guards(project: Path, text: str, message: str) -> None:
+    spec = _write_yaml(project / "guarded.yaml", text)
+    with pytest.raises(PipelineError, match="guarded.yaml") as info:
+        load_pipeline(spec)
+    assert message in str(info.value)
+    assert pipeline.cli([str(spec), "--out", str(project / "never")]) == 2
+    assert not (project / "never").exists()
