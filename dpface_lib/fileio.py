@@ -46,6 +46,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], *, suffix
                 os.fsync(handle.fileno())
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk or a file-size limit: name the file, which a write() error does not
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -90,6 +95,10 @@ def atomic_folder(out: str | os.PathLike, *, overwrite: bool = False) -> Iterato
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+    except OSError as exc:  # e.g. the disk filled: say that nothing of the output was kept
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = f" writing {exc.filename}" if exc.filename else ""
+        raise OSError(exc.errno, f"{exc.strerror or exc}{where}; {out} was left as it was") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -113,7 +122,8 @@ def encode_png(array: np.ndarray) -> bytes:
         raise ValueError(f"encode_png: expected (H, W[, 1..4]) with H, W > 0, got {array.shape}")
     height, width, channels = array.shape
     colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
-    rows = np.ascontiguousarray(array.astype(array.dtype.newbyteorder(">"))).reshape(height, -1).view(np.uint8)
+    big_endian = np.ascontiguousarray(array.astype(array.dtype.newbyteorder(">")))
+    rows = big_endian.reshape(height, -1).view(np.uint8)
     raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1).tobytes()
 
     def chunk(kind: bytes, data: bytes) -> bytes:

@@ -118,6 +118,15 @@ def read_pipeline_file(path: str | os.PathLike) -> dict[str, Any]:
     return spec
 
 
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    """A YAML mapping (``None``/absent is empty) with string keys; anything else is refused."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+        raise PipelineError(f"{where} must be a mapping of names to values, got {value!r}"[:300])
+    return dict(value)
+
+
 def load_pipeline(path: str | os.PathLike, base_dir: str | os.PathLike | None = None) -> list[Run]:
     """Read a pipeline YAML and expand it into runs, in order.
 
@@ -133,9 +142,7 @@ def load_pipeline(path: str | os.PathLike, base_dir: str | os.PathLike | None = 
     unknown = set(spec) - {"name", "description", "parameters", "steps", "dataset"}
     if unknown:
         raise PipelineError(f"{path}: unknown top-level keys {sorted(unknown)}")
-    shared = spec.get("parameters") or {}
-    if not isinstance(shared, dict):
-        raise PipelineError(f"{path}: 'parameters' must be a mapping")
+    shared = _mapping(spec.get("parameters"), f"{path}: 'parameters'")
 
     runs: list[Run] = []
     seen: set[str] = set()
@@ -154,12 +161,14 @@ def load_pipeline(path: str | os.PathLike, base_dir: str | os.PathLike | None = 
         extra = set(step) - {"name", "notebook", "parameters", "grid", "description"}
         if extra:
             raise PipelineError(f"{where}: unknown keys {sorted(extra)}")
+        if not isinstance(step["notebook"], str):
+            raise PipelineError(f"{where}: 'notebook' must be a path, got {step['notebook']!r}")
+        params = _mapping(step.get("parameters"), f"{where}: 'parameters'")
         notebook = (base / step["notebook"]).resolve()
         if not notebook.is_file():
             raise PipelineError(f"{where}: notebook {step['notebook']} not found (looked at {notebook})")
-        params = dict(step.get("parameters") or {})
-        grid = step.get("grid") or {}
-        if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
+        grid = _mapping(step.get("grid"), f"{where}: 'grid'")
+        if any(not isinstance(v, list) or not v for v in grid.values()):
             raise PipelineError(f"{where}: 'grid' must map each parameter to a non-empty list")
         overlap = set(grid) & set(params)
         if overlap:

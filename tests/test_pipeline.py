@@ -230,7 +230,8 @@ def test_leaderboard_written_after_each_step(project: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("a: &x [1, 2]\nb: *x\nsteps:\n  - {name: s, notebook: ok.ipynb}\n", "line 1: YAML anchors and aliases"),
+        ("a: &x [1, 2]\nb: *x\nsteps:\n  - {name: s, notebook: ok.ipynb}\n",
+         "line 1: YAML anchors and aliases"),
         # the "billion laughs" shape: nine levels of nine aliases would expand to 9**9 values
         ("l0: &a0 [x]\n" + "".join(f"l{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10))
          + "steps:\n  - {name: s, notebook: ok.ipynb}\n", "line 1: YAML anchors"),
@@ -239,7 +240,8 @@ def test_leaderboard_written_after_each_step(project: Path) -> None:
         ("steps: [\n", "cannot read pipeline file"),
         ("steps:\n  - {name: s, notebook: ok.ipynb, grid: {model: ['a b', 'a-b']}}\n",
          "grid values {'model': 'a b'} and {'model': 'a-b'} both give the run name 's__model-a-b'"),
-        ("steps:\n  - {name: s, notebook: ok.ipynb, grid: {x: [1, '1']}}\n", "both give the run name 's__x-1'"),
+        ("steps:\n  - {name: s, notebook: ok.ipynb, grid: {x: [1, '1']}}\n",
+         "both give the run name 's__x-1'"),
     ],
     ids=["alias", "alias_bomb", "too_large", "not_a_mapping", "bad_yaml", "slug_collision", "type_collision"],
 )
@@ -250,3 +252,27 @@ def test_pipeline_file_guards(project: Path, text: str, message: str) -> None:
     assert message in str(info.value)
     assert pipeline.cli([str(spec), "--out", str(project / "never")]) == 2
     assert not (project / "never").exists()
+
+
+def test_fuzz_pipeline_files_fail_only_with_pipeline_error(project: Path) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    pieces = st.sampled_from(["steps:", "\n", "  - ", "{name: s, notebook: ok.ipynb}", "grid: {x: [1, 2]}",
+                              "&a ", "*a", "!!python/name:os.system", "[", "]", "{", "}", ": ", "'", "\t",
+                              "parameters:", "dataset:", "0", "null", "\x00", "é",
+                              "notebook: 3", "parameters: [1]", "{1: 2}"])
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(pieces, max_size=25))
+    def check(parts: list[str]) -> None:
+        spec = project / "fuzz.yaml"
+        spec.write_text("".join(parts), encoding="utf-8")
+        try:
+            runs = load_pipeline(spec)
+        except PipelineError as err:
+            assert "fuzz.yaml" in str(err)
+        else:
+            assert runs and len({run.name for run in runs}) == len(runs)
+
+    check()
