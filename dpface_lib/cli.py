@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("dpface_lib.train", "train a registered model from its YAML config"),
     "eval": ("dpface_lib.evaluate", "evaluate a checkpoint or saved predictions -> per-sample tables"),
     "predict": ("dpface_lib.predict", "predict depth and normals from a DP left/right pair"),
+    "dashboard": ("dpface_lib.servers", "serve the per-sample error dashboard over pipeline runs (Voila)"),
 }
 
 
