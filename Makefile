@@ -35,7 +35,12 @@ DEPS_STAMP    := $(VENV)/.dpface-deps
 KERNELS_STAMP := $(VENV)/.dpface-kernels
 KERNEL_SOURCES := $(wildcard kernels/csrc/*.cpp kernels/csrc/*.cu kernels/csrc/*.h) kernels/setup.py kernels/pyproject.toml
 
-.PHONY: help setup deps kernels pipeline test test-fast lab lint bench clean print-cuda
+.PHONY: help setup deps kernels chromium pipeline test test-fast lab lint bench clean print-cuda
+
+# The browser tests drive Debian's Chromium through Playwright (Playwright's own download cannot be used).
+CHROMIUM := $(shell command -v chromium || command -v chromium-browser)
+# JupyterLab refuses to run as root without --allow-root; root is what a container user gets.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 help:
 	@echo "make pipeline   set up if needed, build kernels, run the notebook pipeline on data_samples/ (runs/RUN)"
@@ -54,6 +59,15 @@ $(DEPS_STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name dpface --display-name "Python (DP-Face kit)" >/dev/null
 	@touch $@
 
+## chromium: Debian's Chromium for tests/browser, installed with apt-get when missing and possible.
+chromium:
+	@if [ -n "$(CHROMIUM)" ]; then echo "chromium: $(CHROMIUM)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium with apt-get (browser tests)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "apt-get could not install chromium; tests/browser will be skipped"; \
+	else echo "chromium: not found and apt-get is not usable here; tests/browser will be skipped"; fi
+
 ## kernels: the dpface_kernels extension, built against the venv's torch (no build isolation).
 kernels: $(KERNELS_STAMP)
 $(KERNELS_STAMP): $(DEPS_STAMP) $(KERNEL_SOURCES)
@@ -65,7 +79,7 @@ $(KERNELS_STAMP): $(DEPS_STAMP) $(KERNEL_SOURCES)
 pipeline: setup
 	$(VENV)/bin/dpface pipeline pipeline.yaml --out runs/$(RUN)
 
-test: setup
+test: setup chromium
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with $(CURDIR)/tests/notebooks/sanitize.cfg $(PYTEST_ARGS) tests notebooks
 
@@ -73,7 +87,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
 
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(ALLOW_ROOT)
 
 lint: deps
 	$(VENV)/bin/ruff check .

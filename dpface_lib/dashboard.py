@@ -32,8 +32,8 @@ CONFIG_ENV = "DPFACE_DASHBOARD_CONFIG"
 @dataclass(frozen=True)
 class Source:
     """One model's evaluated run. ``table``: its per-sample rows (``sample_id`` and metric columns);
-    ``predictions``: folder of ``<sample_id>.npz`` or ``None``; ``data_root``/``split``: where its samples are;
-    ``rerun``: what to run to get predictions when there are none."""
+    ``predictions``: folder of ``<sample_id>.npz`` or ``None``; ``data_root``/``split``: where its samples
+    are; ``rerun``: what to run to get predictions when there are none."""
 
     label: str
     table: pd.DataFrame
@@ -65,7 +65,7 @@ def find_sources(run_dirs: Iterable[str | os.PathLike], data_root: str | os.Path
     from dpface_lib.data import resolve_data_root
 
     found: list[tuple[str, Path, str, pd.DataFrame]] = []
-    for run_dir in map(Path, run_dirs):
+    for run_dir in dict.fromkeys(Path(d).resolve() for d in run_dirs):  # each folder once, in order
         if not run_dir.is_dir():
             raise FileNotFoundError(f"{run_dir}: run folder does not exist")
         frame = load_runs(run_dir)
@@ -120,14 +120,18 @@ def _numpy(sample: dict[str, Any]) -> dict[str, Any]:
 
 
 def aligned_disparity(sample: dict[str, Any], prediction: dict[str, np.ndarray]) -> np.ndarray:
-    """The prediction's disparity (px, ``(H, W)``) mapped onto the ground truth by the robust per-sample affine
-    fit that ``ai1`` applies; a depth-only prediction is taken as inverse depth first."""
-    disparity = prediction["disparity"] if "disparity" in prediction else 1.0 / np.clip(prediction["depth"], 1, None)
+    """The prediction's disparity (px, ``(H, W)``) mapped onto the ground truth by the robust per-sample
+    affine fit that ``ai1`` applies; a depth-only prediction is taken as inverse depth first."""
+    if "disparity" in prediction:
+        disparity = prediction["disparity"]
+    else:
+        disparity = 1.0 / np.clip(prediction["depth"], 1, None)
     scale, shift = fit_affine(disparity, sample["disparity"], sample["mask"], robust=True)
     return (scale * disparity + shift).astype(np.float32)
 
 
-def sample_figure(sample: dict[str, Any], aligned: dict[str, np.ndarray], *, title: str = "", height: int = 330):
+def sample_figure(sample: dict[str, Any], aligned: dict[str, np.ndarray], *, title: str = "",
+                  height: int = 330) -> Any:
     """Plotly heat maps with hover readouts: LR-sum input, ground-truth disparity, then for each model in
     ``aligned`` (``{label: (H, W) aligned disparity, px}``) the prediction and its signed error (px).
 
@@ -140,10 +144,12 @@ def sample_figure(sample: dict[str, Any], aligned: dict[str, np.ndarray], *, tit
     gt = np.where(mask, sample["disparity"], np.nan)
     image = np.asarray(sample["lrsum"] if "lrsum" in sample else sample["left"], dtype=np.float32)
     grey = image.mean(axis=0) if image.ndim == 3 else image
-    panels: list[tuple[str, np.ndarray, str]] = [("LR-sum input", grey, "input"), ("ground truth (px)", gt, "disp")]
+    panels: list[tuple[str, np.ndarray, str]] = [("LR-sum input", grey, "input"),
+                                                 ("ground truth (px)", gt, "disp")]
     for label, disparity in aligned.items():
+        error = np.where(mask, disparity - sample["disparity"], np.nan)
         panels.append((f"{label}: aligned (px)", np.where(mask, disparity, np.nan), "disp"))
-        panels.append((f"{label}: error (px)", np.where(mask, disparity - sample["disparity"], np.nan), "error"))
+        panels.append((f"{label}: error (px)", error, "error"))
     lo, hi = np.nanpercentile(gt, [1, 99]) if mask.any() else (0.0, 1.0)
     errors = [p[1] for p in panels if p[2] == "error"]
     limit = max([float(np.nanpercentile(np.abs(e), 99)) for e in errors if np.isfinite(e).any()] + [1e-6])
@@ -154,11 +160,10 @@ def sample_figure(sample: dict[str, Any], aligned: dict[str, np.ndarray], *, tit
               "error": dict(colorscale="RdBu_r", zmin=-limit, zmax=limit, showscale=True)}
     names = {"input": "intensity", "disp": "disparity", "error": "error"}
     for col, (name, values, kind) in enumerate(panels, start=1):
-        fig.add_trace(go.Heatmap(z=values, name=name, **styles[kind],
-                                 hovertemplate=f"x %{{x}}, y %{{y}}<br>{names[kind]} %{{z:.4f}}<extra>{name}</extra>"),
-                      row=1, col=col)
-        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{'' if col == 1 else col}", showticklabels=False,
-                         row=1, col=col)
+        hover = f"x %{{x}}, y %{{y}}<br>{names[kind]} %{{z:.4f}}<extra>{name}</extra>"
+        fig.add_trace(go.Heatmap(z=values, name=name, hovertemplate=hover, **styles[kind]), row=1, col=col)
+        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{'' if col == 1 else col}",
+                         showticklabels=False, row=1, col=col)
         fig.update_xaxes(showticklabels=False, row=1, col=col)
     fig.update_annotations(font_size=11)
     fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=60, b=10))
@@ -191,7 +196,8 @@ class SampleBrowser:
                                         description="compare")
         self.metric = widgets.Dropdown(options=metrics, value=metric if metric in metrics else metrics[0],
                                        description="sort by")
-        self.rank = widgets.IntSlider(0, 0, 0, description="rank (worst=0)", continuous_update=False)
+        self.rank = widgets.IntSlider(0, 0, 0, description="rank (worst=0)", continuous_update=False,
+                                      style={"description_width": "initial"})
         self.buttons = {name: widgets.Button(description=name, layout=widgets.Layout(width="80px"))
                         for name in ("worst", "◀ prev", "next ▶")}
         self.header = widgets.HTML()
@@ -201,6 +207,8 @@ class SampleBrowser:
         self.points = widgets.Output()
         self.points.add_class("dpface-cloud")
         self.current: dict[str, Any] = {}
+        self.figure: Any = None  # the plotly maps shown (None when the run saved no predictions)
+        self.message = ""  # what is shown instead of the maps, if anything
         steps = {"worst": lambda r: 0, "◀ prev": lambda r: r - 1, "next ▶": lambda r: r + 1}
         for name, button in self.buttons.items():
             button.on_click(lambda _, step=steps[name]: self.show(rank=step(self.rank.value)))
@@ -248,8 +256,8 @@ class SampleBrowser:
         from dpface_lib.viz import point_cloud_figure
 
         source = self.sources[self.current["model"]]
-        facts = ", ".join(f"{k} {row[k]}" for k in ("camidx", "lightidx", "expression", "position", "direction")
-                          if k in row)
+        factors = ("camidx", "lightidx", "expression", "position", "direction")
+        facts = ", ".join(f"{k} {row[k]}" for k in factors if k in row)
         values = " · ".join(f"{k} {row[k]:.4f}" for k in ("ai1", "ai2", "spearman", "mean_deg")
                             if k in row and pd.notna(row[k]))
         self.header.value = (f"<b class='dpface-sample-id'>{row['sample_id']}</b> — {source.label}, rank "
@@ -259,17 +267,19 @@ class SampleBrowser:
         self.points.clear_output(wait=True)
         chosen = [source] + ([self.sources[self.current["compare"]]] if self.current["compare"] else [])
         missing = [s for s in chosen if s.predictions is None]
+        self.figure, self.message = None, "\n".join(
+            f"{s.label}: this run saved no predictions, so only its table can be sorted; to see its maps, "
+            f"rerun {s.rerun}" for s in missing)
         if missing:
             with self.maps:
-                for s in missing:
-                    print(f"{s.label}: this run saved no predictions, so only its table can be sorted; "
-                          f"to see its maps, rerun {s.rerun}")
+                print(self.message)
             return
         sample = self.samples(source, row["sample_id"])
         aligned = {s.label: aligned_disparity(sample, load_prediction(s.predictions, sample)) for s in chosen}
         title = f"{row['sample_id']}: {self.current['metric']} = {self.current['value']:.4f}"
+        self.figure = sample_figure(sample, aligned, title=title)
         with self.maps:
-            display(sample_figure(sample, aligned, title=title))
+            display(self.figure)
         if self.cloud:
             a, b = float(sample["a"]), float(sample["b"])
             depths = {"ground truth": sample["depth"],
@@ -283,4 +293,8 @@ def app_from_environment() -> Any:
     """The dashboard of ``dpface dashboard``: run folders and options from :data:`CONFIG_ENV` (JSON)."""
     config = json.loads(os.environ.get(CONFIG_ENV, "{}"))
     sources = find_sources(config.get("runs") or [], config.get("data_root"), config.get("split", "test"))
-    return SampleBrowser(sources, metric=config.get("metric", "ai1")).widget
+    metric = config.get("metric", "ai1")
+    sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
+    sources.sort(key=lambda s: (s.predictions is None,
+                                sign * s.table[metric].mean() if metric in s.table else 0.0))
+    return SampleBrowser(sources, metric=metric).widget

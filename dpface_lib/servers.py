@@ -80,7 +80,8 @@ def _start(argv: list[str], port: int, token: str, path: str, env: dict[str, str
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{argv[2]} exited with status {process.returncode} before serving on port {port}")
+            raise RuntimeError(f"{argv[2]} exited with status {process.returncode} before serving on "
+                               f"port {port}")
         try:
             with socket.create_connection((HOST, port), timeout=2):
                 return server
@@ -105,8 +106,9 @@ def start_dashboard(run_dirs: list[str | os.PathLike], *, data_root: str | os.Pa
 
 
 def start_lab(root_dir: str | os.PathLike, *, port: int = 0, token: str | None = None, log: IO | None = None,
-              timeout: float = 90.0) -> Server:
-    """Serve JupyterLab over ``root_dir``; returns once it answers. Quiet: no news or update checks."""
+              timeout: float = 90.0, env: dict[str, str] | None = None) -> Server:
+    """Serve JupyterLab over ``root_dir``; returns once it answers. Quiet: no news or update checks.
+    ``env``: extra environment (e.g. ``JUPYTERLAB_SETTINGS_DIR`` for a test's own settings)."""
     port = port or free_port()
     token = token or secrets.token_urlsafe(24)
     argv = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.ip={HOST}",
@@ -115,7 +117,7 @@ def start_lab(root_dir: str | os.PathLike, *, port: int = 0, token: str | None =
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     if running_as_root():
         argv.append("--allow-root")
-    return _start(argv, port, token, "/lab", dict(os.environ), log, timeout)
+    return _start(argv, port, token, "/lab", {**os.environ, **(env or {})}, log, timeout)
 
 
 def cli(argv: list[str]) -> int:
@@ -123,7 +125,7 @@ def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="dpface dashboard",
                                      description="Serve the per-sample error dashboard over pipeline runs.")
     parser.add_argument("runs", nargs="*", type=Path, metavar="RUN_DIR",
-                        help="pipeline run folders (default: every folder under runs/ with a leaderboard.csv)")
+                        help="pipeline run folders (default: each folder under runs/ with a leaderboard.csv)")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="dataset of runs that do not record one (default: data_samples/)")
     parser.add_argument("--metric", default="ai1", help="metric to sort by at the start (default ai1)")
@@ -136,14 +138,15 @@ def cli(argv: list[str]) -> int:
 
         runs = sorted(p.parent for p in RUNS_DIR.glob("*/leaderboard.csv"))
         if not runs:
-            raise FileNotFoundError(f"{RUNS_DIR}: no pipeline run with a leaderboard.csv; run `make pipeline` "
-                                    "or name a RUN_DIR")
+            raise FileNotFoundError(f"{RUNS_DIR}: no pipeline run with a leaderboard.csv; run "
+                                    "`make pipeline` or name a RUN_DIR")
     sources = find_sources(runs, args.data_root)  # bad folders fail here, in one line, before any server
     without = [s.label for s in sources if s.predictions is None]
     print(f"dashboard over {len(sources)} model run(s) in {', '.join(map(str, runs))}", file=sys.stderr)
     if without:
         print(f"no saved predictions (tables only): {', '.join(without)}", file=sys.stderr)
-    server = start_dashboard(runs, data_root=args.data_root, metric=args.metric, port=args.port, token=args.token)
+    server = start_dashboard(runs, data_root=args.data_root, metric=args.metric, port=args.port,
+                             token=args.token)
     print(f"dashboard: {server.url}\n(Ctrl-C stops it)", flush=True)
     try:
         server.process.wait()
