@@ -223,6 +223,41 @@ def test_fuzz_literal_arrays_and_split_files(tmp_path: Path) -> None:
     split()
 
 
+def test_fuzz_json_records_fail_only_with_dataset_error(tiny_dataset: Path) -> None:
+    """Any field of a valid record replaced by any JSON value (or removed): the reader either reads the
+    sample or raises DatasetError naming the record; never a raw TypeError/KeyError."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    path = record_path(tiny_dataset)
+    original = json.loads(path.read_text())
+    fields = [(section, key) for section in ("INFO", "PATH", "PARAMS") for key in original[section]]
+    values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=12),
+                          lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                       max_size=3), max_leaves=8)
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.sampled_from(fields), st.one_of(st.just("<removed>"), values))
+    def check(field, value):
+        section, key = field
+        record = json.loads(json.dumps(original))
+        if value == "<removed>":
+            del record[section][key]
+        else:
+            record[section][key] = value
+        path.write_text(json.dumps(record))
+        try:
+            sample = read_sample(path, root=tiny_dataset)
+        except DatasetError as exc:
+            assert path.name in str(exc), str(exc)
+        else:
+            assert sample["depth"].ndim == 2 and sample["sample_id"].endswith(path.stem)
+        finally:
+            path.write_text(json.dumps(original))
+
+    check()
+
+
 def test_fuzz_metric_input_checks() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
