@@ -214,6 +214,9 @@ def read_json_record(json_path: Path) -> dict:
         for key in keys:
             if key not in block or (section == "PATH" and not isinstance(block[key], str)):
                 raise DatasetError(f"{json_path}: missing JSON key {section}.{key}")
+    for key, value in record["PATH"].items():  # optional paths (mask) too: a string, or null for none
+        if value is not None and not isinstance(value, str):
+            raise DatasetError(f"{json_path}: PATH.{key} must be a path string or null, got {value!r}"[:300])
     return record
 
 

@@ -146,7 +146,7 @@ def cli(argv: list[str]) -> int:
     if without:
         print(f"no saved predictions (tables only): {', '.join(without)}", file=sys.stderr)
     server = start_dashboard(runs, data_root=args.data_root, metric=args.metric, port=args.port,
-                             token=args.token)
+                             token=args.token, log=sys.stderr)  # Voila's own messages, on stderr
     print(f"dashboard: {server.url}\n(Ctrl-C stops it)", flush=True)
     try:
         server.process.wait()

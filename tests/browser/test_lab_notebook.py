@@ -65,7 +65,7 @@ def test_notebook_07_runs_and_its_widgets_work_in_jupyterlab(page, screenshot, t
         try:
             page.goto(f"http://127.0.0.1:{server.port}/lab/tree/{NOTEBOOK}?token={server.token}",
                       wait_until="commit")
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=300_000)
             run_all(page)
             wait_until_idle(page, 400)
             screenshot(page, "lab_07_after_run_all")

@@ -48,13 +48,14 @@ def test_sigkill_mid_epoch_then_resume_auto_is_bit_identical(tmp_path: Path) -> 
     process = subprocess.Popen(train_command(tiny_dataset, killed), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env=environment())
     last = killed / "checkpoints" / "last.ckpt"
-    step = 0
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         if last.is_file():
+            process.send_signal(signal.SIGSTOP)  # frozen: no newer checkpoint between this read and the kill
             step = load_checkpoint(last)["global_step"]  # atomic writes: always a whole checkpoint
-            if step >= 10:
+            if step >= 5 and step % 4 != 0:  # the last checkpoint is mid-epoch: kill here
                 break
+            process.send_signal(signal.SIGCONT)
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
