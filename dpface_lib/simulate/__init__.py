@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_at_least(1), default=1, help="processes rendering views in parallel")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder whole")
+    p.add_argument("--layout", choices=("facedp", "google-dp", "dpdd", "dp5k"), default="facedp",
+                   help="file layout to write: the facial benchmark's (default) or a public DP dataset's "
+                        "(dpface_lib.simulate.layouts)")
     return p
 
 
@@ -156,7 +159,20 @@ def cli(argv: list[str]) -> int:
     cfg = _config(args)
     try:
         with atomic_folder(cfg.out, overwrite=args.overwrite) as folder:
-            counts = generate(dataclasses.replace(cfg, out=folder))
+            if args.layout == "facedp":
+                counts = generate(dataclasses.replace(cfg, out=folder))
+            else:  # render in the benchmark layout beside the output, then rewrite it in the chosen one
+                import shutil
+                import tempfile
+
+                from dpface_lib.simulate.layouts import export_layout
+
+                scratch = Path(tempfile.mkdtemp(prefix=".render.", dir=folder.parent))
+                try:
+                    counts = generate(dataclasses.replace(cfg, out=scratch))
+                    export_layout(scratch, folder, args.layout)
+                finally:
+                    shutil.rmtree(scratch, ignore_errors=True)
     except (ValueError, FileExistsError) as err:
         print(f"dpface simulate: {err}", file=sys.stderr)
         return 2

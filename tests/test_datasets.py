@@ -1,0 +1,117 @@
+"""Readers of the public DP datasets, tested on simulator fixtures written in each dataset's layout.
+
+A small set is simulated once (``dpface simulate``) and rewritten by :func:`export_layout` in the layout, file
+formats and bit depths of google-dp, dpdd and dp5k. Each reader must return the simulated ground truth, and
+``kind="auto"`` must recognise each layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dpface_lib import cli
+from dpface_lib.data import FaceDPDataset
+from dpface_lib.datasets import detect_kind, open_dataset
+from dpface_lib.layout import DatasetError
+from dpface_lib.metrics import fit_affine
+from dpface_lib.simulate.layouts import export_layout
+from dpface_lib.simulate.optics import DEFAULT_TAU, disparity_per_coc
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("layouts")
+    facedp = base / "facedp"
+    assert cli.main(["simulate", "--out", str(facedp), "--persons", "2", "--test-persons", "1", "--size",
+                     "64x64", "--cameras", "1", "--views-per-person", "3", "--lights-per-view", "1",
+                     "--quiet"]) == 0
+    roots = {"facedp": facedp}
+    for layout in ("google-dp", "dpdd", "dp5k"):
+        export_layout(facedp, base / layout, layout)
+        roots[layout] = base / layout
+    return roots
+
+
+def reference(roots: dict[str, Path]) -> list[dict]:
+    dataset = FaceDPDataset(roots["facedp"], "test")
+    return [{k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in dataset[i].items()}
+            for i in range(len(dataset))]
+
+
+@pytest.mark.parametrize("kind", ["facedp", "google-dp", "dpdd", "dp5k"])
+def test_auto_detection_and_item_contract(simulated, kind: str) -> None:
+    assert detect_kind(simulated[kind], "test") == kind
+    dataset = open_dataset(simulated[kind], "test")
+    assert dataset.kind == kind and len(dataset) == len(reference(simulated))
+    item = dataset[0]
+    for key in ("left", "right"):
+        assert item[key].dtype == torch.float32 and item[key].ndim == 3 and item[key].shape[0] in (1, 3)
+        assert 0 <= float(item[key].min()) and float(item[key].max()) <= 1
+    assert isinstance(item["sample_id"], str)
+
+
+def test_google_dp_keeps_16_bit_green_and_an_affine_inverse_depth(simulated) -> None:
+    truth = reference(simulated)
+    dataset = open_dataset(simulated["google-dp"], "test", kind="google-dp")
+    for item, ref in zip(dataset, truth, strict=True):
+        assert item["left"].shape[0] == 1  # one green channel, as the Pixel PD data
+        assert np.allclose(item["left"][0].numpy(), ref["left"][1], atol=0.5 / 65535 + 1e-7)
+        mask = ref["mask"]
+        assert np.array_equal(item["confidence"].numpy() > 0, mask)
+        inverse = item["inverse_depth"].numpy()
+        s, t = fit_affine(inverse, 1.0 / np.where(mask, ref["depth"], 1), mask)
+        residual = np.abs(s * inverse + t - 1.0 / np.where(mask, ref["depth"], 1))[mask]
+        assert residual.max() < 0.6 * abs(s) / 255  # only the 8-bit rounding of the stored map
+
+
+def test_dpdd_pairs_folders_by_sorted_order_not_by_name(simulated) -> None:
+    truth = reference(simulated)
+    dataset = open_dataset(simulated["dpdd"], "test", kind="dpdd")
+    for item, ref in zip(dataset, truth, strict=True):
+        assert Path(item["meta"]["files"]["target"]).name.startswith("aif_")  # names differ from the sources
+        assert np.allclose(item["left"].numpy(), ref["left"], atol=0.5 / 65535 + 1e-7)
+        assert np.allclose(item["right"].numpy(), ref["right"], atol=0.5 / 65535 + 1e-7)
+        assert np.allclose(item["target"].numpy(), ref["albedo"], atol=0.5 / 65535 + 1e-7)
+        assert "depth" not in item
+    extra = simulated["dpdd"] / "test_l" / "source" / "zz_extra.png"
+    extra.write_bytes((simulated["dpdd"] / "test_l" / "source").glob("*.png").__next__().read_bytes())
+    try:
+        with pytest.raises(DatasetError, match="different numbers of PNGs"):
+            open_dataset(simulated["dpdd"], "test", kind="dpdd")
+    finally:
+        extra.unlink()
+
+
+def test_dp5k_metric_depth_and_thin_lens_ab(simulated) -> None:
+    truth = reference(simulated)
+    k = disparity_per_coc(DEFAULT_TAU)  # the simulator's DP response
+    dataset = open_dataset(simulated["dp5k"], "test", kind="dp5k", k=k)
+    for item, ref in zip(dataset, truth, strict=True):
+        mask = ref["mask"]
+        assert np.array_equal(item["mask"].numpy(), mask)
+        assert np.abs(item["depth"].numpy()[mask] - ref["depth"][mask]).max() <= 0.5 + 1e-3  # uint16 mm
+        assert item["a"] == pytest.approx(float(ref["a"]), rel=1e-5)
+        assert item["b"] == pytest.approx(float(ref["b"]), rel=1e-5)
+        assert np.allclose(item["left"].numpy(), ref["left"], atol=0.5 / 65535 + 1e-7)
+        assert "sharp" in item and "combined" in item
+
+
+def test_unknown_layout_lists_what_was_looked_for(tmp_path: Path) -> None:
+    (tmp_path / "random").mkdir()
+    with pytest.raises(DatasetError, match="looked for facedp: .*google-dp: .*dpdd: .*dp5k: "):
+        open_dataset(tmp_path / "random")
+    with pytest.raises(DatasetError, match="unknown dataset kind 'kitti'"):
+        open_dataset(tmp_path / "random", kind="kitti")
+
+
+def test_simulate_layout_option_writes_a_readable_set_and_no_scratch(tmp_path: Path) -> None:
+    out = tmp_path / "dpdd_set"
+    assert cli.main(["simulate", "--out", str(out), "--layout", "dpdd", "--persons", "2", "--test-persons", "1",
+                     "--size", "64x64", "--cameras", "1", "--views-per-person", "2", "--lights-per-view", "1",
+                     "--quiet"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dpdd_set"]  # the benchmark-layout render is gone
+    assert detect_kind(out, "train") == "dpdd" and len(open_dataset(out, "train")) == 2
