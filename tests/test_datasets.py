@@ -110,8 +110,8 @@ def test_unknown_layout_lists_what_was_looked_for(tmp_path: Path) -> None:
 
 def test_simulate_layout_option_writes_a_readable_set_and_no_scratch(tmp_path: Path) -> None:
     out = tmp_path / "dpdd_set"
-    assert cli.main(["simulate", "--out", str(out), "--layout", "dpdd", "--persons", "2", "--test-persons", "1",
-                     "--size", "64x64", "--cameras", "1", "--views-per-person", "2", "--lights-per-view", "1",
-                     "--quiet"]) == 0
+    assert cli.main(["simulate", "--out", str(out), "--layout", "dpdd", "--persons", "2", "--test-persons",
+                     "1", "--size", "64x64", "--cameras", "1", "--views-per-person", "2",
+                     "--lights-per-view", "1", "--quiet"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dpdd_set"]  # the benchmark-layout render is gone
     assert detect_kind(out, "train") == "dpdd" and len(open_dataset(out, "train")) == 2

@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="lens f-number")
     p.add_argument("--tau", type=_positive_float, default=DEFAULT_TAU,
                    help="softness of the DP half-pixel response")
+    p.add_argument("--psf", choices=("soft", "half-disc", "butterworth", "translating-disc"), default="soft",
+                   help="DP blur model (dpface_lib.simulate.optics): soft (default), half-disc, butterworth "
+                        "(Abuolaim et al. 2021), translating-disc (Punnappurath et al. 2020)")
     p.add_argument("--jpeg-quality", type=_at_least(1), default=92)
     p.add_argument("--no-noise", action="store_true", help="skip the Poisson-Gaussian sensor noise")
     p.add_argument("--workers", type=_at_least(1), default=1, help="processes rendering views in parallel")
@@ -134,6 +137,7 @@ def _config(a: argparse.Namespace):
         lights_per_view=a.lights_per_view,
         f_number=a.f_number,
         tau=a.tau,
+        psf=a.psf,
         jpeg_quality=a.jpeg_quality,
         noise=not a.no_noise,
         workers=a.workers,

@@ -20,6 +20,20 @@ sunflower sampling of the aperture with those weights (bilinearly), blurring wit
 :func:`dpface_lib.geometry.thin_lens_ab` with that ``k``. A hard split (``tau -> 0``) gives
 ``k = 4 / (3 pi) ~ 0.42``; the default ``tau`` gives ``k`` near the benchmark sensor's 0.134.
 
+Blur models from the literature (``psf=``)
+------------------------------------------
+Every model is a pair of weights over the same aperture samples, so each one's ``k`` follows from its own
+centroids (:func:`disparity_per_coc`) and the left/right views stay exact mirror images:
+
+- ``soft`` (default): the tanh response above;
+- ``half-disc``: the ideal split, ``w_R = [u_y > 0]`` (``tau -> 0``);
+- ``butterworth`` (Abuolaim et al., ICCV 2021): the disc times a radial Butterworth high-pass of order 3
+  and cut-off 0.8 of the radius, rescaled to ``[beta, 1]`` (``beta = 0.15``), times a linear ramp
+  ``(1 - u_y) / 2`` for the left view; the right view is its 180-degree rotation;
+- ``translating-disc`` (Punnappurath et al., ICCP 2020): the right weight of a point is the share of a
+  disc translated from 0 to one radius along the DP axis that still covers it, a graded half-disc; the
+  left weight is its mirror image.
+
 Layered defocus with occlusion
 ------------------------------
 The scene (radiance, per-pixel signed CoC) is sliced into depth layers by CoC, on a fixed grid of a
@@ -67,21 +81,59 @@ def right_response(u_y: np.ndarray, tau: float = DEFAULT_TAU) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(u_y / tau))
 
 
-def disparity_per_coc(tau: float = DEFAULT_TAU) -> float:
+PSF_MODELS = ("soft", "half-disc", "butterworth", "translating-disc")
+#: Butterworth high-pass of Abuolaim et al. 2021: order, cut-off (share of the radius), floor beta
+BUTTERWORTH = (3, 0.8, 0.15)
+
+
+def half_weights(psf: str = "soft", tau: float = DEFAULT_TAU) -> np.ndarray:
+    """``(2, n)`` left/right weights of the aperture samples (:func:`aperture_samples`) for blur model
+    ``psf`` (see the module docstring); the right row is the left row mirrored across ``u_y = 0``."""
+    u = aperture_samples()
+    ux, uy = u[:, 0], u[:, 1]
+    if psf == "soft":
+        right = right_response(uy, tau)
+    elif psf == "half-disc":
+        right = right_response(uy, 0.0)
+    elif psf == "butterworth":
+        order, cutoff, beta = BUTTERWORTH
+        rho = np.hypot(ux, uy)
+        highpass = 1.0 - 1.0 / (1.0 + (rho / cutoff) ** (2 * order))
+        right = (beta + (1 - beta) * highpass) * (1.0 + uy) / 2.0
+    elif psf == "translating-disc":
+        shifts = (np.arange(16) + 0.5) / 16  # translations of the disc along +u_y, up to one radius
+        right = (np.hypot(ux[:, None], uy[:, None] - shifts[None]) <= 1.0).mean(axis=1)
+    else:
+        raise ValueError(f"unknown DP blur model {psf!r}; expected one of {PSF_MODELS}")
+    if psf == "soft":  # 1 - w_R is its mirror image too, and the form the kit's sets were made with
+        return np.stack([1.0 - right, right])
+    return np.stack([right[_mirror_index()], right])
+
+
+@lru_cache(maxsize=1)
+def _mirror_index() -> np.ndarray:
+    """Index of each aperture sample's mirror image ``(u_x, -u_y)`` (the samples are quadrant-symmetric)."""
+    u = aperture_samples()
+    keys = {(round(x, 12), round(y, 12)): i for i, (x, y) in enumerate(u)}
+    return np.array([keys[(round(x, 12), round(-y, 12))] for x, y in u])
+
+
+def disparity_per_coc(tau: float = DEFAULT_TAU, psf: str = "soft") -> float:
     """``k`` of the PSF pair: distance between the right and left PSF centroids per pixel of CoC diameter.
 
-    With offsets ``(c / 2) u``: ``centroid_R - centroid_L = (c / 2) (E_R[u_y] - E_L[u_y]) = c E_R[u_y]``
-    (the responses are mirror images), evaluated numerically on the aperture samples.
+    With offsets ``(c / 2) u``: ``centroid_R - centroid_L = (c / 2) (E_R[u_y] - E_L[u_y])`` (the weights
+    are mirror images, so this is ``c E_R[u_y]``), evaluated numerically on the aperture samples.
     """
-    u = aperture_samples()
-    w = right_response(u[:, 1], tau)
-    return float((w * u[:, 1]).sum() / w.sum() - ((1 - w) * u[:, 1]).sum() / (1 - w).sum()) / 2.0
+    u_y = aperture_samples()[:, 1]
+    left, right = half_weights(psf, tau)
+    return float((right * u_y).sum() / right.sum() - (left * u_y).sum() / left.sum()) / 2.0
 
 
 def dp_psf_pair(
-    coc_px: float, radius: int | None = None, tau: float = DEFAULT_TAU, sigma_px: float = DEFAULT_SIGMA_PX
+    coc_px: float, radius: int | None = None, tau: float = DEFAULT_TAU, sigma_px: float = DEFAULT_SIGMA_PX,
+    psf: str = "soft",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Left and right PSFs of a point with signed CoC diameter ``coc_px``.
+    """Left and right PSFs of a point with signed CoC diameter ``coc_px`` under blur model ``psf``.
 
     Returns:
         ``(left, right)``, each (2 r + 1, 2 r + 1) float64 with unit sum, centred on the middle pixel;
@@ -89,11 +141,12 @@ def dp_psf_pair(
     """
     return tuple(
         k.numpy()
-        for k in _psf_batch(torch.tensor([float(coc_px)], dtype=torch.float64), radius, tau, sigma_px)[0]
+        for k in _psf_batch(torch.tensor([float(coc_px)], dtype=torch.float64), radius, tau, sigma_px, psf)[0]
     )  # type: ignore[return-value]
 
 
-def _psf_batch(coc: torch.Tensor, radius: int | None, tau: float, sigma_px: float) -> torch.Tensor:
+def _psf_batch(coc: torch.Tensor, radius: int | None, tau: float, sigma_px: float,
+               psf: str = "soft") -> torch.Tensor:
     """(L,) signed CoCs -> (L, 2, 2r+1, 2r+1) left/right PSFs with unit sums.
 
     Each aperture sample is splatted bilinearly (which keeps the centroid exact for sub-pixel blur),
@@ -102,7 +155,6 @@ def _psf_batch(coc: torch.Tensor, radius: int | None, tau: float, sigma_px: floa
     if radius is None:
         radius = int(math.ceil(float(coc.abs().max()) / 2 + 3 * sigma_px)) + 1
     u = torch.as_tensor(aperture_samples(), dtype=coc.dtype)
-    w_r = torch.as_tensor(right_response(aperture_samples()[:, 1], tau), dtype=coc.dtype)
     grid = torch.arange(-radius, radius + 1, dtype=coc.dtype)
     pos = 0.5 * coc[:, None, None] * u[None]  # (L, n, 2): (x, y) offsets
     tx = (1.0 - (grid - pos[..., 0:1]).abs()).clamp_min(0.0)  # (L, n, G) bilinear weights
@@ -113,7 +165,7 @@ def _psf_batch(coc: torch.Tensor, radius: int | None, tau: float, sigma_px: floa
         taps = (taps / taps.sum()).reshape(1, 1, -1)
         tx = torch.nn.functional.conv1d(tx.reshape(-1, 1, tx.shape[-1]), taps, padding=g).reshape(tx.shape)
         ty = torch.nn.functional.conv1d(ty.reshape(-1, 1, ty.shape[-1]), taps, padding=g).reshape(ty.shape)
-    weights = torch.stack([1.0 - w_r, w_r])  # (2, n): left, right
+    weights = torch.as_tensor(half_weights(psf, tau), dtype=coc.dtype)  # (2, n): left, right
     psf = torch.einsum("sn,lny,lnx->lsyx", weights, ty, tx)
     return psf / psf.sum(dim=(-2, -1), keepdim=True)
 
@@ -166,16 +218,17 @@ def layer_weights(
 
 
 @lru_cache(maxsize=256)
-def _psf_cached(j: int, step: float, tau: float, sigma_px: float) -> torch.Tensor:
+def _psf_cached(j: int, step: float, tau: float, sigma_px: float, psf: str = "soft") -> torch.Tensor:
     """(2, k, k) float32 left/right PSFs of the layer grid point ``j`` (own radius)."""
     coc = coc_unwarp(torch.tensor([j * step], dtype=torch.float64))
-    return _psf_batch(coc, None, tau, sigma_px)[0].float()
+    return _psf_batch(coc, None, tau, sigma_px, psf)[0].float()
 
 
 @lru_cache(maxsize=512)
-def _psf_spectrum(j: int, step: float, tau: float, sigma_px: float, hp: int, wp: int) -> torch.Tensor:
+def _psf_spectrum(j: int, step: float, tau: float, sigma_px: float, model: str, hp: int,
+                  wp: int) -> torch.Tensor:
     """(2, hp, wp // 2 + 1) rFFT of the grid point's PSFs laid out circularly (centre at index 0)."""
-    psf = _psf_cached(j, step, tau, sigma_px)
+    psf = _psf_cached(j, step, tau, sigma_px, model)
     r = psf.shape[-1] // 2
     kern = torch.zeros((2, hp, wp), dtype=torch.float32)
     rows = (torch.arange(-r, r + 1) % hp)[:, None]
@@ -203,6 +256,7 @@ def defocus_dp(
     max_layers: int = 12,
     tau: float = DEFAULT_TAU,
     sigma_px: float = DEFAULT_SIGMA_PX,
+    psf: str = "soft",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Form the left and right DP views of a scene by layered, occlusion-aware defocus.
 
@@ -220,7 +274,7 @@ def defocus_dp(
     coc = torch.as_tensor(coc_px, dtype=torch.float32)
     h, w = coc.shape
     grid_idx, alpha = layer_weights(coc, layer_step, max_layers)  # (L,), (L, H, W)
-    key = (float(layer_step), float(tau), float(sigma_px))
+    key = (float(layer_step), float(tau), float(sigma_px), psf)
     acc = torch.zeros((2, 4, h, w), dtype=torch.float32)
     for i in range(len(grid_idx) - 1, -1, -1):  # far (large CoC) to near, "over" compositing
         j = int(grid_idx[i])

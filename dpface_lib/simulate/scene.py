@@ -132,6 +132,7 @@ def form_images(
     tau: float = dp.DEFAULT_TAU,
     noise: bool = True,
     stages: bool = False,
+    psf: str = "soft",
 ) -> dict[str, torch.Tensor]:
     """Left, right and sum images (H, W, 3) float32 in [0, 1] of a view under a light.
 
@@ -142,7 +143,7 @@ def form_images(
     """
     radiance = shade_scene(view, camera, light_world)
     coc = circle_of_confusion(view.scene_depth, camera.optics, fy_px=float(camera.K[1, 1]))
-    defocused = dp.defocus_dp(radiance, coc, tau=tau)
+    defocused = dp.defocus_dp(radiance, coc, tau=tau, psf=psf)  # psf: the DP blur model (optics.PSF_MODELS)
     gains = dp.dp_vignetting(camera.height, camera.width)
     vignetted = (defocused[0] * gains[0], defocused[1] * gains[1])
     left, right = vignetted

@@ -52,6 +52,7 @@ class SimConfig:
     lights_per_view: int = 0  # 0 = every selected light
     f_number: float = BENCHMARK_OPTICS.f_number
     tau: float = dp.DEFAULT_TAU
+    psf: str = "soft"
     jpeg_quality: int = 92
     noise: bool = True
     progress: bool = True
@@ -227,7 +228,8 @@ def write_view(
     n = 0
     for light in view_lights(cfg, person, cam.index, viewidx):
         rng = np.random.default_rng([cfg.seed, person, cam.index, viewidx, light])
-        imgs = form_images(geo, cam, LIGHT_DIRECTIONS[light - 1], rng, tau=cfg.tau, noise=cfg.noise)
+        imgs = form_images(geo, cam, LIGHT_DIRECTIONS[light - 1], rng, tau=cfg.tau, noise=cfg.noise,
+                           psf=cfg.psf)
         for side, folder in (("left", "LEFT"), ("right", "RIGHT"), ("lrsum", "LRSUM")):
             atomic_write_bytes(
                 gdir / "IMG" / folder / f"IMG_{stem}_{light}.JPG",
@@ -271,7 +273,7 @@ def generate(cfg: SimConfig) -> dict[str, int]:
     cfg.validate()
     root = Path(cfg.out)
     root.mkdir(parents=True, exist_ok=True)
-    k = dp.disparity_per_coc(cfg.tau)
+    k = dp.disparity_per_coc(cfg.tau, cfg.psf)
     plans = {p: person_plan(cfg, p) for p in range(1, cfg.persons + 1)}
     for person in plans:
         write_calibration(root / group_name(person), group_rig(cfg, person), k)
