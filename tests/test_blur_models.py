@@ -80,3 +80,43 @@ def test_simulate_psf_option_calibrates_with_the_models_k(tmp_path) -> None:
         a[psf] = read_calibration(out / "sim_group001", keys=("disp2depth",))["disp2depth"][0, 0]
     ratio = dp.disparity_per_coc(psf="translating-disc") / dp.disparity_per_coc(psf="soft")
     assert a["translating-disc"] / a["soft"] == pytest.approx(ratio, rel=1e-9)
+
+
+def test_calibrated_kernels_rescale_flip_and_give_their_own_k(tmp_path) -> None:
+    """Measured kernels stand in as half-disc kernels drawn on a 21 x 21 grid (two tiles, averaged)."""
+    rows, cols = np.mgrid[-10:11, -10:11]
+    disc = (rows**2 + cols**2 <= 100).astype(np.float64)
+    left_k, right_k = disc * (rows < 0), disc * (rows > 0)
+    np.save(tmp_path / "left.npy", np.stack([left_k, 3 * left_k]))
+    np.save(tmp_path / "right.npy", np.stack([right_k, 3 * right_k]))
+    psf = f"calibrated={tmp_path / 'left.npy'},{tmp_path / 'right.npy'}"
+    k = dp.disparity_per_coc(psf=psf)
+    assert k == pytest.approx(dp.disparity_per_coc(psf="half-disc"), rel=0.08)  # a rasterised half-disc
+    for coc in (4.0, 12.0):
+        left, right = dp.dp_psf_pair(coc, psf=psf)
+        flipped_left, _ = dp.dp_psf_pair(-coc, psf=psf)
+        assert np.allclose(flipped_left, left[::-1, ::-1], atol=1e-12)  # negative defocus: turned 180 degrees
+        assert left.sum() == pytest.approx(1.0) and right.sum() == pytest.approx(1.0)
+        assert centroid_rows(right) - centroid_rows(left) == pytest.approx(k * coc, abs=1e-9)
+    np.save(tmp_path / "flat.npy", np.ones((4, 5)))
+    with pytest.raises(ValueError, match=r"flat\.npy: calibrated kernels must have shape \(tiles, k, k\)"):
+        dp.half_weights(f"calibrated={tmp_path / 'flat.npy'},{tmp_path / 'right.npy'}")
+
+
+def test_simulate_refuses_bad_calibrated_kernels_before_writing(tmp_path, capsys) -> None:
+    from dpface_lib import cli
+
+    np.save(tmp_path / "bad.npy", np.ones((3, 4)))
+    cases = [(["--psf", "calibrated"], "needs --psf-kernels"),
+             (["--psf", "calibrated", "--psf-kernels", str(tmp_path / "no.npy"), str(tmp_path / "bad.npy")],
+              "no.npy: --psf-kernels file does not exist"),
+             (["--psf", "calibrated", "--psf-kernels", str(tmp_path / "bad.npy"), str(tmp_path / "bad.npy")],
+              "bad.npy: calibrated kernels must have shape"),
+             (["--psf-kernels", str(tmp_path / "bad.npy"), str(tmp_path / "bad.npy")],
+              "goes with --psf calibrated")]
+    for extra, message in cases:
+        argv = ["simulate", "--out", str(tmp_path / "set"), "--persons", "1", "--quiet", *extra]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "set").exists()

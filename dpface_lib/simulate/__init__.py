@@ -98,9 +98,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="lens f-number")
     p.add_argument("--tau", type=_positive_float, default=DEFAULT_TAU,
                    help="softness of the DP half-pixel response")
-    p.add_argument("--psf", choices=("soft", "half-disc", "butterworth", "translating-disc"), default="soft",
+    p.add_argument("--psf", choices=("soft", "half-disc", "butterworth", "translating-disc", "calibrated"),
+                   default="soft",
                    help="DP blur model (dpface_lib.simulate.optics): soft (default), half-disc, butterworth "
-                        "(Abuolaim et al. 2021), translating-disc (Punnappurath et al. 2020)")
+                        "(Abuolaim et al. 2021), translating-disc (Punnappurath et al. 2020), calibrated "
+                        "(measured kernels, --psf-kernels)")
+    p.add_argument("--psf-kernels", nargs=2, type=Path, metavar=("LEFT.npy", "RIGHT.npy"),
+                   help="left/right kernels (tiles, k, k) for --psf calibrated (after Xin et al. 2021)")
     p.add_argument("--jpeg-quality", type=_at_least(1), default=92)
     p.add_argument("--no-noise", action="store_true", help="skip the Poisson-Gaussian sensor noise")
     p.add_argument("--workers", type=_at_least(1), default=1, help="processes rendering views in parallel")
@@ -115,6 +119,20 @@ def _parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str]):
     """Parse ``dpface simulate`` options into a :class:`~dpface_lib.simulate.writer.SimConfig`."""
     return _config(_parser().parse_args(argv))
+
+
+def _psf_model(a: argparse.Namespace) -> str:
+    """The blur-model string of :func:`dpface_lib.simulate.optics.half_weights` for the options."""
+    if a.psf != "calibrated":
+        if a.psf_kernels:
+            raise ValueError("--psf-kernels goes with --psf calibrated")
+        return a.psf
+    if not a.psf_kernels:
+        raise ValueError("--psf calibrated needs --psf-kernels LEFT.npy RIGHT.npy")
+    for path in a.psf_kernels:
+        if not path.is_file():
+            raise ValueError(f"{path}: --psf-kernels file does not exist")
+    return "calibrated=" + ",".join(str(p.resolve()) for p in a.psf_kernels)
 
 
 def _config(a: argparse.Namespace):
@@ -137,7 +155,7 @@ def _config(a: argparse.Namespace):
         lights_per_view=a.lights_per_view,
         f_number=a.f_number,
         tau=a.tau,
-        psf=a.psf,
+        psf=_psf_model(a),
         jpeg_quality=a.jpeg_quality,
         noise=not a.no_noise,
         workers=a.workers,
@@ -160,8 +178,11 @@ def cli(argv: list[str]) -> int:
     if args.jpeg_quality > 100:
         print(f"dpface simulate: --jpeg-quality must be 1..100, got {args.jpeg_quality}", file=sys.stderr)
         return 2
-    cfg = _config(args)
     try:
+        cfg = _config(args)
+        from dpface_lib.simulate.optics import disparity_per_coc
+
+        disparity_per_coc(cfg.tau, cfg.psf)  # a bad blur model (e.g. calibrated kernels) fails before writing
         with atomic_folder(cfg.out, overwrite=args.overwrite) as folder:
             if args.layout == "facedp":
                 counts = generate(dataclasses.replace(cfg, out=folder))

@@ -32,7 +32,11 @@ centroids (:func:`disparity_per_coc`) and the left/right views stay exact mirror
   ``(1 - u_y) / 2`` for the left view; the right view is its 180-degree rotation;
 - ``translating-disc`` (Punnappurath et al., ICCP 2020): the right weight of a point is the share of a
   disc translated from 0 to one radius along the DP axis that still covers it, a graded half-disc; the
-  left weight is its mirror image.
+  left weight is its mirror image;
+- ``calibrated=LEFT.npy,RIGHT.npy`` (after Xin et al., ICCV 2021): measured left/right kernels of shape
+  ``(tiles, k, k)``, averaged over the tiles (the spatial variation across the frame is not modelled), are
+  read as weight maps over the aperture: the kernel's support circle is the aperture rim, so rescaling to
+  each layer's CoC and the 180-degree flip for negative CoC follow from the splat at ``(c / 2) u``.
 
 Layered defocus with occlusion
 ------------------------------
@@ -50,6 +54,7 @@ from __future__ import annotations
 import io
 import math
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -100,6 +105,8 @@ def half_weights(psf: str = "soft", tau: float = DEFAULT_TAU) -> np.ndarray:
         rho = np.hypot(ux, uy)
         highpass = 1.0 - 1.0 / (1.0 + (rho / cutoff) ** (2 * order))
         right = (beta + (1 - beta) * highpass) * (1.0 + uy) / 2.0
+    elif psf.startswith("calibrated="):
+        return _calibrated_weights(psf)
     elif psf == "translating-disc":
         shifts = (np.arange(16) + 0.5) / 16  # translations of the disc along +u_y, up to one radius
         right = (np.hypot(ux[:, None], uy[:, None] - shifts[None]) <= 1.0).mean(axis=1)
@@ -108,6 +115,33 @@ def half_weights(psf: str = "soft", tau: float = DEFAULT_TAU) -> np.ndarray:
     if psf == "soft":  # 1 - w_R is its mirror image too, and the form the kit's sets were made with
         return np.stack([1.0 - right, right])
     return np.stack([right[_mirror_index()], right])
+
+
+@lru_cache(maxsize=8)
+def _calibrated_weights(psf: str) -> np.ndarray:
+    """``(2, n)`` aperture weights sampled (bilinearly) from the mean calibrated kernel of each view."""
+    from dpface_lib.layout import load_npy
+
+    u = aperture_samples()
+    out = []
+    for name in psf.split("=", 1)[1].split(","):
+        kernels = load_npy(Path(name)).astype(np.float64)
+        if kernels.ndim != 3 or kernels.shape[1] != kernels.shape[2] or kernels.shape[1] < 3:
+            raise ValueError(f"{name}: calibrated kernels must have shape (tiles, k, k), got {kernels.shape}")
+        kernel = kernels.mean(axis=0)
+        half = (kernel.shape[0] - 1) / 2
+        y, x = half + u[:, 1] * half, half + u[:, 0] * half  # aperture rim -> the kernel's inscribed circle
+        y0, x0 = np.clip(np.floor(y).astype(int), 0, kernel.shape[0] - 2), np.clip(np.floor(x).astype(int), 0,
+                                                                                     kernel.shape[1] - 2)
+        fy, fx = y - y0, x - x0
+        out.append(kernel[y0, x0] * (1 - fy) * (1 - fx) + kernel[y0 + 1, x0] * fy * (1 - fx)
+                   + kernel[y0, x0 + 1] * (1 - fy) * fx + kernel[y0 + 1, x0 + 1] * fy * fx)
+    if len(out) != 2:
+        raise ValueError(f"calibrated blur model needs two kernel files, LEFT.npy,RIGHT.npy; got {psf!r}")
+    weights = np.clip(np.stack(out), 0.0, None)
+    if (weights.sum(axis=1) <= 0).any():
+        raise ValueError(f"{psf}: a calibrated kernel is zero on the whole aperture")
+    return weights
 
 
 @lru_cache(maxsize=1)
