@@ -126,13 +126,16 @@ def _google(root: Path, split: str, view: str = "center") -> DPDataset:
         raise DatasetError(f"google-dp view must be one of {GOOGLE_VIEWS}, got {view!r}")
     base = root / split if (root / split / "merged_depth").is_dir() else root
     items = []
+    def one(folder: Path, suffix: str) -> Path:
+        """The file ``*_<view><suffix>`` of a capture folder (as Google's evaluation globs for it)."""
+        found = sorted(folder.glob(f"*_{view}{suffix}")) if folder.is_dir() else []
+        return found[0] if found else folder / f"<missing>_{view}{suffix}"
+
     for capture in sorted(p for p in (base / "merged_depth").iterdir() if p.is_dir()):
         name = capture.name
-        paths = {"left": base / "left_pd" / name / f"result_leftPd_{view}.png",
-                 "right": base / "right_pd" / name / f"result_rightPd_{view}.png",
-                 "depth": capture / f"result_merged_depth_{view}.png",
-                 "confidence": base / "merged_conf" / name / f"result_merged_conf_{view}.npy",
-                 "confidence_exr": base / "merged_conf" / name / f"result_merged_conf_{view}.exr"}
+        paths = {"left": one(base / "left_pd" / name, ".png"), "right": one(base / "right_pd" / name, ".png"),
+                 "depth": one(capture, ".png"), "confidence": one(base / "merged_conf" / name, ".npy"),
+                 "confidence_exr": one(base / "merged_conf" / name, ".exr")}
         if paths["depth"].is_file():
             items.append({"capture": name, **paths})
 
@@ -187,7 +190,13 @@ def _dpdd(root: Path, split: str) -> DPDataset:
 F_NUMBER = re.compile(r"^FN_(\d+(?:\.\d+)?)_l\.png$")
 
 
-def _dp5k(root: Path, split: str, k: float = BENCHMARK_K_DP) -> DPDataset:
+#: DP5K's lens and sensor as its own loader models them (85 mm thin lens, 36 mm / 1680 px pixel pitch).
+DP5K_FOCAL_MM = 85.0
+DP5K_PIXEL_MM = 36.0 / 1680.0
+
+
+def _dp5k(root: Path, split: str, k: float = BENCHMARK_K_DP, focal_mm: float = DP5K_FOCAL_MM,
+          pixel_mm: float = DP5K_PIXEL_MM) -> DPDataset:
     items = []
     for meta in sorted((root / split).glob("*/meta_data.h5")):
         for cam in (0, 1):
@@ -198,7 +207,7 @@ def _dp5k(root: Path, split: str, k: float = BENCHMARK_K_DP) -> DPDataset:
                                   "f_number": float(match.group(1)), "stem": left.name[:-len("_l.png")]})
 
     def read(item: dict[str, Any]) -> dict[str, Any]:
-        facts = _h5_facts(item["meta"], item["cam"])
+        facts = _h5_facts(item["meta"], item["cam"], focal_mm, pixel_mm)
         folder, stem = item["folder"], item["stem"]
         depth_path = folder / "dep.png"
         depth, bits = _grey(depth_path)
@@ -207,12 +216,13 @@ def _dp5k(root: Path, split: str, k: float = BENCHMARK_K_DP) -> DPDataset:
         depth_mm = np.round(depth * 65535.0).astype(np.float32)
         optics = Optics(focal_mm=facts["focal_mm"], focus_mm=facts["focus_mm"], f_number=item["f_number"],
                         pixel_um=facts["pixel_mm"] * 1000.0)
-        a, b = thin_lens_ab(optics, facts["K"][1, 1], k)
+        a, b = thin_lens_ab(optics, None, k)  # fy = focal / pixel pitch, as DP5K's own CoC map
         out = {"left": _image(folder / f"{stem}_l.png"), "right": _image(folder / f"{stem}_r.png"),
                "depth": torch.from_numpy(depth_mm), "mask": torch.from_numpy(depth_mm > 0),
-               "a": float(a), "b": float(b), "K": torch.from_numpy(facts["K"].astype(np.float32)),
+               "a": float(a), "b": float(b),
                "sample_id": f"{item['meta'].parent.name}/cam{item['cam']}/{stem}",
-               "meta": {"f_number": item["f_number"], "focus_mm": facts["focus_mm"], "k": k}}
+               "meta": {"f_number": item["f_number"], "focus_mm": facts["focus_mm"], "k": k,
+                        "focal_mm": facts["focal_mm"], "pixel_mm": facts["pixel_mm"]}}
         for key, name in (("combined", f"{stem}_c.png"), ("sharp", "FN_22.png")):
             if (folder / name).is_file():
                 out[key] = _image(folder / name)
@@ -221,24 +231,24 @@ def _dp5k(root: Path, split: str, k: float = BENCHMARK_K_DP) -> DPDataset:
     return DPDataset("dp5k", root, split, items, read)
 
 
-def _h5_facts(path: Path, cam: int) -> dict[str, Any]:
+def _h5_facts(path: Path, cam: int, focal_mm: float, pixel_mm: float) -> dict[str, Any]:
+    """``focus_dis_<cam>`` (mm) from ``meta_data.h5``; the focal length and pixel pitch from the file when it
+    holds them (``focal_length``, ``pixel_size``, mm), else the reader's values."""
     import h5py
 
     try:
         with h5py.File(path, "r") as h5:
-            def number(*names: str) -> float:
-                for name in names:
-                    if name in h5:
-                        return float(np.asarray(h5[name]).reshape(-1)[0])
-                raise DatasetError(f"{path}: none of the keys {names} found (keys: {sorted(h5)})")
+            def number(name: str, default: float | None = None) -> float:
+                if name in h5:
+                    return float(np.asarray(h5[name]).reshape(-1)[0])
+                if default is None:
+                    raise DatasetError(f"{path}: key {name!r} not found (keys: {sorted(h5)})")
+                return default
 
-            K = np.asarray(h5[f"K{cam}"] if f"K{cam}" in h5 else h5["K"], dtype=np.float64).reshape(3, 3)
-            return {"focus_mm": number(f"focus_dis_{cam}", "focus_dis"), "pixel_mm": number("pixel_size"),
-                    "focal_mm": number("focal_length", "focal_length_mm", "f"), "K": K}
+            return {"focus_mm": number(f"focus_dis_{cam}"), "focal_mm": number("focal_length", focal_mm),
+                    "pixel_mm": number("pixel_size", pixel_mm)}
     except OSError as exc:
         raise DatasetError(f"{path}: not a readable HDF5 file ({exc})") from exc
-    except KeyError as exc:
-        raise DatasetError(f"{path}: missing key {exc}") from exc
 
 
 def open_dataset(root: str | os.PathLike, split: str = "test", kind: str = "auto",
@@ -246,8 +256,10 @@ def open_dataset(root: str | os.PathLike, split: str = "test", kind: str = "auto
     """The ``split`` of the dual-pixel dataset at ``root`` as a torch ``Dataset`` of item dicts.
 
     ``kind``: one of :data:`KINDS` or ``"auto"`` (:func:`detect_kind`). ``options`` go to the reader:
-    ``view`` (google-dp, default ``"center"``), ``k`` (dp5k: DP disparity per CoC pixel, default the
-    benchmark sensor's), FaceDPDataset filters (facedp).
+    ``view`` (google-dp, default ``"center"``); ``k`` (dp5k: DP disparity per CoC pixel, default the
+    benchmark sensor's, since DP5K does not calibrate it), ``focal_mm`` and ``pixel_mm`` (dp5k: used when
+    ``meta_data.h5`` lacks them; defaults 85 mm and 36/1680 mm as DP5K's own loader); FaceDPDataset filters
+    (facedp).
     """
     root = Path(root)
     kind = detect_kind(root, split) if kind == "auto" else kind

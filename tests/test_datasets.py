@@ -115,3 +115,22 @@ def test_simulate_layout_option_writes_a_readable_set_and_no_scratch(tmp_path: P
                      "--lights-per-view", "1", "--quiet"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dpdd_set"]  # the benchmark-layout render is gone
     assert detect_kind(out, "train") == "dpdd" and len(open_dataset(out, "train")) == 2
+
+
+def test_dp5k_without_lens_keys_falls_back_to_the_datasets_own_lens(simulated, tmp_path: Path) -> None:
+    import shutil
+
+    import h5py
+
+    root = shutil.copytree(simulated["dp5k"], tmp_path / "dp5k")
+    for meta in root.glob("test/*/meta_data.h5"):
+        with h5py.File(meta, "a") as h5:  # as released: focus distances and AF points, no lens facts
+            del h5["focal_length"], h5["pixel_size"]
+    item = open_dataset(root, "test", kind="dp5k")[0]
+    assert item["meta"]["focal_mm"] == 85.0 and item["meta"]["pixel_mm"] == pytest.approx(36 / 1680)
+    assert item["b"] == pytest.approx(-item["a"] / item["meta"]["focus_mm"])  # thin lens: b = -a / g
+    broken = next(root.glob("test/*/meta_data.h5"))
+    with h5py.File(broken, "a") as h5:
+        del h5["focus_dis_0"]
+    with pytest.raises(DatasetError, match="meta_data.h5: key 'focus_dis_0' not found"):
+        open_dataset(root, "test", kind="dp5k")[0]

@@ -86,6 +86,7 @@ def _dp5k(sample: dict[str, Any], out: Path, split: str, index: int) -> None:
             h5["pixel_size"] = focal_mm / K[1, 1]  # mm of the stored image's pixel
             h5["focal_length"] = focal_mm
             h5["K0"] = K
+            h5["AF_point_0"] = np.array([K[1, 2], K[0, 2]])  # DP5K records an autofocus point (row, col)
 
     atomic_write(capture / "meta_data.h5", write)
 
