@@ -145,6 +145,58 @@ def evaluate_checkpoint(checkpoint: str | Path, root: str | Path, split: str, *,
                           batch_size=batch_size, device=device, save_dir=save_dir, progress=progress)
 
 
+def evaluate_dp_dataset(model: torch.nn.Module, dataset: Iterable, *, name: str = "model",
+                        progress: bool = False) -> pd.DataFrame:
+    """Per-item table over any dual-pixel dataset of :func:`dpface_lib.datasets.open_dataset`.
+
+    Each item is predicted whole (:func:`dpface_lib.inference.predict_pair`; one green channel is taken three
+    times). Only the metrics its ground truth allows are computed; the others are NaN, and ``missing_gt`` says
+    why:
+
+    - ``ai1``/``ai2``/``spearman`` on disparity against ``a / Z + b`` (metric depth and ``a, b``), or
+      against ``inverse_depth`` weighted by ``confidence`` (ground truth up to an affine map);
+    - the depth metrics need metric depth and ``a, b``; the normal metrics need ground-truth normals.
+    """
+    from dpface_lib.geometry import BENCHMARK_CAMERA_AB
+    from dpface_lib.inference import predict_pair
+    from dpface_lib.metrics import affine_invariant_metrics, depth_metrics, normal_metrics
+
+    rows = []
+    for item in _maybe_tqdm(dataset, progress, "eval"):
+        def hwc(image: torch.Tensor) -> np.ndarray:
+            image = image.expand(3, -1, -1) if image.shape[0] == 1 else image
+            return image.permute(1, 2, 0).numpy()
+
+        known_ab = "a" in item and "b" in item
+        a, b = (float(item["a"]), float(item["b"])) if known_ab else BENCHMARK_CAMERA_AB[1]
+        K = item["K"].numpy() if "K" in item else None
+        pred = predict_pair(model, hwc(item["left"]), hwc(item["right"]), a, b, K)
+        row: dict[str, Any] = {"sample_id": item["sample_id"]}
+        row.update({key: np.nan for key in METRIC_KEYS})
+        missing = []
+        mask = item["mask"].numpy() if "mask" in item else None
+        if "inverse_depth" in item:
+            weight = item["confidence"].numpy() if "confidence" in item else None
+            row.update(affine_invariant_metrics(pred["disparity"], item["inverse_depth"].numpy(), weight,
+                                                allow_empty=True))
+            missing.append("ground truth only up to an affine map: no metric depth")
+        elif "depth" in item and known_ab:
+            depth = item["depth"].numpy().astype(np.float64)
+            disparity = np.where(mask, a / np.where(mask, depth, 1.0) + b, 0.0)
+            row.update(affine_invariant_metrics(pred["disparity"], disparity, mask, allow_empty=True))
+            row.update(depth_metrics(pred["depth"], depth, mask, allow_empty=True))
+        else:
+            missing.append("no depth ground truth")
+        if "normal" in item:
+            row.update(normal_metrics(pred["normal"], item["normal"].numpy(), mask, allow_empty=True)
+                       if "normal" in pred else {})
+        else:
+            missing.append("no normals")
+        row["missing_gt"] = "; ".join(missing)
+        rows.append(row)
+    return _frame(rows, name)
+
+
 def _checked_rows(output: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
     try:
         return _rows(batch_metrics(output, batch), batch)
@@ -277,6 +329,8 @@ def cli(argv: list[str] | None = None) -> int:
     source.add_argument("--predictions", type=Path, help="folder of <sample_id>.npz predictions")
     parser.add_argument("--data-root", type=Path, default=None, help="dataset root (default: data_samples/)")
     parser.add_argument("--split", default="test", help="split file name without .txt (default: test)")
+    parser.add_argument("--kind", default=None, choices=("auto", "facedp", "google-dp", "dpdd", "dp5k"),
+                        help="layout of --data-root (default facedp; see dpface_lib.datasets)")
     parser.add_argument("--out", type=Path, required=True,
                         help="folder for per_sample/aggregate tables (new or empty unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output folders whole")
@@ -296,7 +350,23 @@ def cli(argv: list[str] | None = None) -> int:
             save_dir = None
             if args.save_predictions is not None:
                 save_dir = stack.enter_context(atomic_folder(args.save_predictions, overwrite=args.overwrite))
-            if args.checkpoint is not None:
+            kind = args.kind
+            if kind == "auto":
+                from dpface_lib.datasets import detect_kind
+
+                kind = detect_kind(root, args.split)
+            if kind not in (None, "facedp"):
+                from dpface_lib.datasets import open_dataset
+
+                if args.checkpoint is None or save_dir is not None:
+                    raise EvaluationError(f"--kind {kind}: evaluate a --checkpoint, without "
+                                          "--save-predictions (saved predictions follow the facedp layout)")
+                if not args.checkpoint.is_file():
+                    raise EvaluationError(f"{args.checkpoint}: checkpoint file does not exist")
+                frame = evaluate_dp_dataset(load_model(args.checkpoint, map_location="cpu"),
+                                            open_dataset(root, args.split, kind),
+                                            name=args.name or args.checkpoint.stem, progress=True)
+            elif args.checkpoint is not None:
                 frame = evaluate_checkpoint(args.checkpoint, root, args.split, name=args.name,
                                             batch_size=args.batch_size, device=args.device,
                                             save_dir=save_dir, progress=True)
@@ -310,5 +380,7 @@ def cli(argv: list[str] | None = None) -> int:
     paths = {key: args.out / path.name for key, path in written.items()}  # the folder now stands at --out
     with pd.option_context("display.width", 160, "display.max_columns", 30):
         print(aggregate(frame).round(4).to_string(index=False))
+    for reason in sorted(set(frame.get("missing_gt", pd.Series(dtype=str)).dropna()) - {""}):
+        print(f"NaN metrics: {reason}")
     print(f"wrote {paths['per_sample_csv']} ({len(frame)} rows) and {paths['aggregate_csv']}")
     return 0

@@ -215,8 +215,9 @@ def read_json_record(json_path: Path) -> dict:
             if key not in block or (section == "PATH" and not isinstance(block[key], str)):
                 raise DatasetError(f"{json_path}: missing JSON key {section}.{key}")
     for key, value in record["PATH"].items():  # optional paths (mask) too: a string, or null for none
-        if value is not None and not isinstance(value, str):
-            raise DatasetError(f"{json_path}: PATH.{key} must be a path string or null, got {value!r}"[:300])
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise DatasetError(f"{json_path}: PATH.{key} must be a non-empty path string or null, "
+                               f"got {value!r}"[:300])
     return record
 
 
@@ -230,6 +231,10 @@ def resolve_data_path(root: Path, group_dir: Path, rel: str, *, source: Path, ke
         )
         if alternative.exists():
             return alternative
+        kind = "image file" if key in IMAGE_KEYS else "file"
+        raise DatasetError(f"{target}: {kind} is missing (PATH.{key} of {source})")
+    if target.is_dir():
+        raise DatasetError(f"{source}: PATH.{key} names a folder, not a file ({target})")
     return target
 
 

@@ -31,14 +31,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from dpface_lib.demo import DEMO_CHECKPOINT
 from dpface_lib.fileio import atomic_folder, atomic_save_npy, atomic_write
 from dpface_lib.geometry import intrinsics_from_vector
+from dpface_lib.inference import DEFAULT_FOCAL_PER_HEIGHT, MULTIPLE, PredictError, predict_pair
 from dpface_lib.layout import DatasetError, load_image, parse_literal_array
-from dpface_lib.simulate.rig import NOMINAL_FOCAL_PER_HEIGHT
 
 __all__ = [
     "DEFAULT_FOCAL_PER_HEIGHT",
@@ -50,13 +49,6 @@ __all__ = [
     "read_rgb",
     "save_outputs",
 ]
-
-DEFAULT_FOCAL_PER_HEIGHT = NOMINAL_FOCAL_PER_HEIGHT
-MULTIPLE = 16
-
-
-class PredictError(ValueError):
-    """Bad input for ``dpface predict``; the message names the file or option and the problem."""
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
@@ -158,64 +150,6 @@ def load_predictor(checkpoint: str | os.PathLike | None = None) -> torch.nn.Modu
         raise PredictError(f"{path}: cannot load the model ({exc})") from exc
 
 
-def _pad(image: torch.Tensor, multiple: int) -> torch.Tensor:
-    h, w = image.shape[-2:]
-    pad_h, pad_w = -h % multiple, -w % multiple
-    if pad_h == 0 and pad_w == 0:
-        return image
-    return F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
-
-
-def predict_pair(
-    model: torch.nn.Module,
-    left: np.ndarray,
-    right: np.ndarray,
-    a: float,
-    b: float,
-    K: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """Run ``model`` on one DP pair.
-
-    Args:
-        left, right: (H, W, 3) float images in [0, 1], same size (any size; padded to a multiple of 16).
-        a, b: Disp2Depth constants (``d = a / Z + b``, Z in mm, d in px).
-        K: (3, 3) intrinsics of the images, or None for ``fx = fy = 2.705 H`` and the image centre.
-
-    Returns:
-        ``disparity`` (H, W) px, ``depth`` (H, W) mm (0 where undefined), and ``normal`` (3, H, W) when the
-        model predicts normals; float32 numpy arrays.
-    """
-    if left.shape != right.shape:
-        raise PredictError(
-            f"left image is {left.shape[1]}x{left.shape[0]} (WxH) but right image is "
-            f"{right.shape[1]}x{right.shape[0]}: the DP views of one exposure have the same size"
-        )
-    h, w = left.shape[:2]
-    if K is None:
-        f = DEFAULT_FOCAL_PER_HEIGHT * h
-        K = np.array([[f, 0.0, (w - 1) / 2], [0.0, f, (h - 1) / 2], [0.0, 0.0, 1.0]])
-
-    def tensor(image: np.ndarray) -> torch.Tensor:
-        return _pad(
-            torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))[None], MULTIPLE
-        )
-
-    batch = {
-        "left": tensor(left),
-        "right": tensor(right),
-        "a": torch.tensor([float(a)]),
-        "b": torch.tensor([float(b)]),
-        "K": torch.as_tensor(K, dtype=torch.float32)[None],
-    }
-    model.eval()
-    with torch.no_grad():
-        out = model(batch)
-    result = {"disparity": out["disparity"][0, :h, :w], "depth": out["depth"][0, :h, :w]}
-    if "normal" in out:
-        result["normal"] = out["normal"][0, :, :h, :w]
-    return {k: v.float().cpu().numpy() for k, v in result.items()}
-
-
 def _save_png(path: Path, rgb01: np.ndarray) -> None:
     image = Image.fromarray(np.clip(np.round(rgb01 * 255), 0, 255).astype(np.uint8))
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
@@ -253,10 +187,31 @@ def save_outputs(out_dir: str | os.PathLike, result: dict[str, np.ndarray]) -> l
     return written
 
 
+def _dataset_item(args: argparse.Namespace) -> dict[str, Any]:
+    """Item ``--sample`` of ``--data-root`` read by :func:`dpface_lib.datasets.open_dataset`."""
+    from dpface_lib.datasets import open_dataset
+
+    try:
+        dataset = open_dataset(Path(args.data_root), args.split, args.kind)
+    except DatasetError as exc:
+        raise PredictError(str(exc)) from exc
+    if not 0 <= args.sample < len(dataset):
+        raise PredictError(f"--sample {args.sample} is out of range: {args.data_root} ({dataset.kind}, "
+                           f"{args.split}) has {len(dataset)} items")
+    try:
+        return dataset[args.sample]
+    except DatasetError as exc:
+        raise PredictError(str(exc)) from exc
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpface predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--left", required=True, help="left DP half-image (JPG/PNG)")
-    parser.add_argument("--right", required=True, help="right DP half-image, same size")
+    parser.add_argument("--left", help="left DP half-image (JPG/PNG, 8 or 16 bit)")
+    parser.add_argument("--right", help="right DP half-image, same size")
+    parser.add_argument("--data-root", help="instead of --left/--right: a DP dataset (dpface_lib.datasets)")
+    parser.add_argument("--kind", default="auto", help="its layout: auto, facedp, google-dp, dpdd, dp5k")
+    parser.add_argument("--split", default="test", help="its split (default test)")
+    parser.add_argument("--sample", type=int, default=0, help="index of the item to predict (default 0)")
     parser.add_argument("--a", type=float, help="Disp2Depth a of d = a / Z + b (px·mm)")
     parser.add_argument("--b", type=float, help="Disp2Depth b (px)")
     parser.add_argument("--calib", help="calibration JSON ({a, b[, K]} or a dataset INFO_*.json)")
@@ -275,7 +230,13 @@ def cli(argv: list[str]) -> int:
     try:
         if args.calib is not None and (args.a is not None or args.b is not None):
             raise PredictError("give either --calib or --a/--b, not both")
-        if args.calib is not None:
+        if (args.data_root is None) == (args.left is None or args.right is None):
+            raise PredictError("give --left and --right, or --data-root (with --kind/--split/--sample)")
+        item = _dataset_item(args) if args.data_root is not None else None
+        if item is not None and "a" in item and args.calib is None and args.a is None:
+            K = item["K"].numpy() if "K" in item else None
+            calib = {"a": float(item["a"]), "b": float(item["b"]), "K": K}
+        elif args.calib is not None:
             calib = read_pair_calibration(args.calib)
         elif args.a is not None and args.b is not None:
             if args.a == 0 or not (np.isfinite(args.a) and np.isfinite(args.b)):
@@ -288,7 +249,13 @@ def cli(argv: list[str]) -> int:
                 "missing calibration: depth needs the pair's d = a / Z + b constants; pass --a and "
                 "--b, or --calib JSON"
             )
-        left, right = read_rgb(args.left), read_rgb(args.right)
+        if item is not None:
+            views = [item[k].expand(3, -1, -1) if item[k].shape[0] == 1 else item[k]
+                     for k in ("left", "right")]
+            left, right = (view.permute(1, 2, 0).numpy() for view in views)
+            args.left = args.right = f"{args.data_root} item {args.sample} ({item['sample_id']})"
+        else:
+            left, right = read_rgb(args.left), read_rgb(args.right)
         if left.shape != right.shape:
             raise PredictError(
                 f"{args.left} is {left.shape[1]}x{left.shape[0]} (WxH) but {args.right} is "

@@ -134,3 +134,72 @@ def test_dp5k_without_lens_keys_falls_back_to_the_datasets_own_lens(simulated, t
         del h5["focus_dis_0"]
     with pytest.raises(DatasetError, match="meta_data.h5: key 'focus_dis_0' not found"):
         open_dataset(root, "test", kind="dp5k")[0]
+
+
+class Oracle(torch.nn.Module):
+    """Returns prepared disparity maps in dataset order (the network stand-in whose answer is known)."""
+
+    def __init__(self, maps: list[np.ndarray]) -> None:
+        super().__init__()
+        self.maps = list(maps)
+
+    def forward(self, batch):
+        disparity = torch.from_numpy(self.maps.pop(0)).float()[None]
+        h, w = batch["left"].shape[-2:]
+        pad = (0, w - disparity.shape[-1], 0, h - disparity.shape[-2])
+        disparity = torch.nn.functional.pad(disparity, pad)
+        depth = batch["a"].reshape(-1, 1, 1) / (disparity - batch["b"].reshape(-1, 1, 1))
+        return {"disparity": disparity, "depth": depth}
+
+
+def test_evaluation_on_every_layout_computes_only_what_the_ground_truth_allows(simulated) -> None:
+    from dpface_lib.evaluate import evaluate_dp_dataset
+
+    google = open_dataset(simulated["google-dp"], "test")
+    maps = [3.0 - 2.0 * item["inverse_depth"].numpy() for item in google]  # any affine map of the truth
+    frame = evaluate_dp_dataset(Oracle(maps), google, name="oracle")
+    assert (frame["ai1"] < 1e-6).all() and frame["absrel"].isna().all()
+    assert frame["missing_gt"].str.contains("only up to an affine map").all()
+
+    dp5k = open_dataset(simulated["dp5k"], "test", k=disparity_per_coc(DEFAULT_TAU))
+    maps = []
+    for item in dp5k:
+        depth, mask = item["depth"].numpy(), item["mask"].numpy()
+        maps.append(np.where(mask, item["a"] / np.where(mask, depth, 1.0) + item["b"], 0.0))
+    frame = evaluate_dp_dataset(Oracle(maps), dp5k, name="oracle")
+    assert (frame["ai1"] < 1e-4).all() and (frame["absrel"] < 1e-5).all() and frame["mean_deg"].isna().all()
+    assert (frame["missing_gt"] == "no normals").all()
+
+    dpdd = open_dataset(simulated["dpdd"], "test")
+    frame = evaluate_dp_dataset(Oracle([np.zeros((64, 64))] * len(dpdd)), dpdd, name="oracle")
+    assert frame[["ai1", "absrel", "mean_deg"]].isna().all().all()
+    assert frame["missing_gt"].str.startswith("no depth ground truth").all()
+
+
+def test_eval_command_takes_a_kind(simulated, tmp_path: Path, capsys) -> None:
+    from dpface_lib.demo import DEMO_CHECKPOINT
+
+    out = tmp_path / "tables"
+    assert cli.main(["eval", "--checkpoint", str(DEMO_CHECKPOINT), "--data-root", str(simulated["google-dp"]),
+                     "--kind", "auto", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "NaN metrics: ground truth only up to an affine map" in printed
+    assert (out / "per_sample.csv").is_file()
+    assert cli.main(["eval", "--checkpoint", str(DEMO_CHECKPOINT), "--data-root", str(simulated["dpdd"]),
+                     "--kind", "dpdd", "--save-predictions", str(tmp_path / "p"), "--out",
+                     str(tmp_path / "o")]) == 2
+    assert "follow the facedp layout" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_predict_command_reads_an_item_of_any_layout(simulated, tmp_path: Path, capsys) -> None:
+    assert cli.main(["predict", "--data-root", str(simulated["dp5k"]), "--sample", "1",
+                     "--out", str(tmp_path / "a")]) == 0  # a, b from the dataset
+    assert np.load(tmp_path / "a" / "depth.npy").shape == (64, 64)
+    argv = ["predict", "--data-root", str(simulated["google-dp"]), "--out", str(tmp_path / "b")]
+    assert cli.main(argv) == 2
+    assert "missing calibration" in capsys.readouterr().err  # Google's set has no (a, b)
+    assert cli.main(["predict", "--data-root", str(simulated["google-dp"]), "--a", "-20000", "--b", "25",
+                     "--out", str(tmp_path / "b")]) == 0
+    assert cli.main(["predict", "--data-root", str(simulated["dpdd"]), "--sample", "99", "--a", "-20000",
+                     "--b", "25", "--out", str(tmp_path / "c")]) == 2
+    assert "--sample 99 is out of range" in capsys.readouterr().err and not (tmp_path / "c").exists()
