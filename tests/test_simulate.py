@@ -167,13 +167,18 @@ def test_defocus_preserves_flat_field_and_in_focus_scene():
 # ---------------------------------------------------------------- geometry and DP disparity
 
 
-@pytest.fixture(scope="module")
-def rendered_views():
-    """Two views (near and far position) at f/1.4 so that disparities of both signs reach ~1 px."""
-    model = load_face_model()
+@pytest.fixture(scope="module", params=["james", "ict"])
+def rendered_views(request):
+    """Two views (near and far position) at f/1.4 so that disparities of both signs reach ~1 px, for each
+    face model (the scan with procedural variation, and a person of the ICT morphable model)."""
+    from dpface_lib.simulate.ict_face import load_ict_model
+
+    model = load_face_model() if request.param == "james" else load_ict_model().model
     rng = np.random.default_rng(3)
     cams = build_rig(192, 160, rng, f_number=1.4)
     person = sample_person(rng)
+    if request.param == "ict":
+        person["identity"] = load_ict_model().sample_identity(rng)
     return [
         (cams[1], render_view(model, person, "neutral", pos, "front", cams[1], np.array([0.3, 1, 2, 0.5])))
         for pos in ("forward", "backward")

@@ -44,6 +44,8 @@ class FaceModel:
         faces_uv: (F, 3) int64 indices into ``uv``.
         texture: (Ht, Wt, 3) float32 albedo photo in [0, 1].
         landmarks: label -> (n, 3) float64 landmark positions (mm, same frame as ``vertices``).
+        region: (V,) 1 for vertices of the face area (the ground-truth mask), or None to derive it from
+            the landmarks (the scan).
     """
 
     vertices: np.ndarray
@@ -52,6 +54,7 @@ class FaceModel:
     faces_uv: np.ndarray
     texture: np.ndarray
     landmarks: dict[str, np.ndarray]
+    region: np.ndarray | None = None
 
 
 def load_obj(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

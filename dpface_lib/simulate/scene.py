@@ -60,13 +60,20 @@ def person_vertices(model: FaceModel, person: dict, expression: str, position: s
     """World vertices (V, 3) and per-vertex albedo shade (V,) of a person in a pose."""
     if position not in POSITIONS:
         raise ValueError(f"unknown position {position!r}; expected one of {tuple(POSITIONS)}")
-    v = deform_person(model, person)
-    v, shade = apply_expression(v, model, expression)
+    if "identity" in person:  # a person of the morphable model (simulate/ict_face.py)
+        from dpface_lib.simulate.ict_face import load_ict_model
+
+        v, shade = load_ict_model().vertices(person["identity"], expression), np.ones(len(model.vertices))
+    else:  # the scan with procedural proportions and expression
+        v = deform_person(model, person)
+        v, shade = apply_expression(v, model, expression)
     return pose_head(v, direction, POSITIONS[position]), shade
 
 
 def _face_region(model: FaceModel) -> np.ndarray:
     """(V,) 1 for vertices of the face (above the chin line, in front of the ears), else 0."""
+    if model.region is not None:
+        return model.region
     base = model.vertices
     chin_y = model.landmarks["chin"][:, 1].min()
     return ((base[:, 1] > chin_y - 8.0) & (base[:, 2] > -45.0) & (base[:, 1] < chin_y + 230.0)).astype(float)

@@ -53,6 +53,7 @@ class SimConfig:
     f_number: float = BENCHMARK_OPTICS.f_number
     tau: float = dp.DEFAULT_TAU
     psf: str = "soft"
+    face_model: str = "james"
     jpeg_quality: int = 92
     noise: bool = True
     progress: bool = True
@@ -95,6 +96,10 @@ def person_plan(
     rng = np.random.default_rng([cfg.seed, person])
     params = sample_person(rng)
     wall_phase = rng.uniform(0.0, 2 * np.pi, size=4)
+    if cfg.face_model == "ict":  # drawn after the scan's draws, so a james set is unchanged
+        from dpface_lib.simulate.ict_face import load_ict_model
+
+        params["identity"] = load_ict_model().sample_identity(rng)
     views = [
         (i + 1, v)
         for i, v in enumerate(ALL_VIEWS)
@@ -215,7 +220,12 @@ def write_view(
         if fail_after is not None and written > fail_after:
             raise RuntimeError(f"simulated failure after {fail_after} files")
 
-    model = load_face_model()
+    if cfg.face_model == "ict":
+        from dpface_lib.simulate.ict_face import load_ict_model
+
+        model = load_ict_model().model
+    else:
+        model = load_face_model()
     geo = render_view(model, params, *view, cam, wall_phase)
     for sub, arr in (
         ("DEPTH", geo.depth.astype(np.float32)),
