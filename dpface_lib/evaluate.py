@@ -16,6 +16,10 @@ Metric columns (see :mod:`dpface_lib.metrics`):
   ``invalid_depth`` is the share of masked pixels where that depth was not finite and positive (clipped);
 - ``mean_deg`` ... ``within_30`` where normals are predicted (NaN otherwise).
 
+``--kind {auto,google-dp,dpdd,dp5k}`` evaluates a checkpoint on another DP layout
+(:func:`evaluate_dp_dataset`): only the metrics its ground truth allows, the others NaN with the reason in
+``missing_gt``.
+
 Saved predictions: ``<dir>/<sample_id>.npz`` (the '/' of a sample id is a sub-folder) with float32
 ``disparity`` and/or ``depth`` (H, W) and optionally ``normal`` (3, H, W); ``--save-predictions`` writes
 that format. :func:`load_runs` + :func:`leaderboard` stack the tables of several runs.

@@ -4,6 +4,10 @@
 
     dpface predict --left L.jpg --right R.jpg --a -4619 --b 5.73 --out pred/
     dpface predict --left L.jpg --right R.jpg --calib INFO_1_6_1.json --checkpoint run/last.ckpt --out pred/
+    dpface predict --data-root DP5K/ --kind dp5k --split test --sample 3 --out pred/
+
+With ``--data-root`` the pair is one item of any layout that :func:`dpface_lib.datasets.open_dataset` reads
+(its ``a, b`` and ``K`` are used where the dataset has them; one green channel is taken three times).
 
 The two images are the DP half-images of one exposure (same size; disparity along the rows, the right view
 being the left view moved down by ``d`` px). Depth needs the pair's Disp2Depth constants ``d = a / Z + b``
