@@ -80,7 +80,7 @@ def _start(argv: list[str], port: int, token: str, path: str, env: dict[str, str
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{argv[2]} exited with status {process.returncode} before serving on "
+            raise OSError(f"{argv[2]} exited with status {process.returncode} before serving on "
                                f"port {port}")
         try:
             with socket.create_connection((HOST, port), timeout=2):
