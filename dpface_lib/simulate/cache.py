@@ -33,7 +33,7 @@ SIMULATOR_VERSION = 1
 
 _OPTION_NAMES = ("persons", "test_persons", "size", "seed", "views_per_person", "lights_per_view",
                  "f_number", "tau", "jpeg_quality", "cameras", "lights", "expressions", "positions",
-                 "directions", "no_noise", "psf", "layout")
+                 "directions", "no_noise", "psf", "layout", "face_model")
 
 
 def simulate_argv(options: Mapping[str, Any]) -> list[str]:
