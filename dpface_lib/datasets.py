@@ -30,10 +30,10 @@ import torch
 from torch.utils.data import Dataset
 
 from dpface_lib.geometry import BENCHMARK_K_DP, Optics, thin_lens_ab
-from dpface_lib.images import ImageError, read_image
+from dpface_lib.images import ImageError, drop_alpha, read_image
 from dpface_lib.layout import DatasetError, load_npy
 
-__all__ = ["KINDS", "DPDataset", "detect_kind", "open_dataset"]
+__all__ = ["KINDS", "DPDataset", "detect_kind", "open_dataset", "rgb_pair"]
 
 KINDS = ("facedp", "google-dp", "dpdd", "dp5k")
 GOOGLE_VIEWS = ("left", "right", "top", "bottom", "center")
@@ -64,14 +64,21 @@ def detect_kind(root: str | os.PathLike, split: str = "test") -> str:
 
 
 def _image(path: Path) -> torch.Tensor:
-    """``(C, H, W)`` float32 in [0, 1] at the file's precision; alpha dropped."""
+    """``(C, H, W)`` float32 in [0, 1] at the file's precision; alpha dropped (:func:`drop_alpha`)."""
     try:
         array, _ = read_image(path)
     except ImageError as exc:
         raise DatasetError(str(exc)) from exc
-    if array.shape[-1] in (2, 4):
-        array = array[..., :-1]
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    return torch.from_numpy(np.ascontiguousarray(drop_alpha(array, path).transpose(2, 0, 1)))
+
+
+def rgb_pair(item: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """An item's ``left`` and ``right`` as ``(H, W, 3)`` float32 numpy arrays, the form the networks take
+    (:func:`dpface_lib.inference.predict_pair`); one green channel is taken three times."""
+    views = [item[key].expand(3, -1, -1) if item[key].shape[0] == 1 else item[key]
+             for key in ("left", "right")]
+    left, right = (view.permute(1, 2, 0).numpy() for view in views)
+    return left, right
 
 
 def _grey(path: Path) -> tuple[np.ndarray, int]:

@@ -161,20 +161,17 @@ def evaluate_dp_dataset(model: torch.nn.Module, dataset: Iterable, *, name: str 
       against ``inverse_depth`` weighted by ``confidence`` (ground truth up to an affine map);
     - the depth metrics need metric depth and ``a, b``; the normal metrics need ground-truth normals.
     """
-    from dpface_lib.geometry import BENCHMARK_CAMERA_AB
+    from dpface_lib.datasets import rgb_pair
+    from dpface_lib.geometry import BENCHMARK_CAMERA_AB, depth_to_disparity
     from dpface_lib.inference import predict_pair
     from dpface_lib.metrics import affine_invariant_metrics, depth_metrics, normal_metrics
 
     rows = []
     for item in _maybe_tqdm(dataset, progress, "eval"):
-        def hwc(image: torch.Tensor) -> np.ndarray:
-            image = image.expand(3, -1, -1) if image.shape[0] == 1 else image
-            return image.permute(1, 2, 0).numpy()
-
         known_ab = "a" in item and "b" in item
         a, b = (float(item["a"]), float(item["b"])) if known_ab else BENCHMARK_CAMERA_AB[1]
         K = item["K"].numpy() if "K" in item else None
-        pred = predict_pair(model, hwc(item["left"]), hwc(item["right"]), a, b, K)
+        pred = predict_pair(model, *rgb_pair(item), a, b, K)
         row: dict[str, Any] = {"sample_id": item["sample_id"]}
         row.update({key: np.nan for key in METRIC_KEYS})
         missing = []
@@ -186,7 +183,7 @@ def evaluate_dp_dataset(model: torch.nn.Module, dataset: Iterable, *, name: str 
             missing.append("ground truth only up to an affine map: no metric depth")
         elif "depth" in item and known_ab:
             depth = item["depth"].numpy().astype(np.float64)
-            disparity = np.where(mask, a / np.where(mask, depth, 1.0) + b, 0.0)
+            disparity = np.where(mask, depth_to_disparity(depth, a, b), 0.0)
             row.update(affine_invariant_metrics(pred["disparity"], disparity, mask, allow_empty=True))
             row.update(depth_metrics(pred["depth"], depth, mask, allow_empty=True))
         else:
@@ -365,8 +362,6 @@ def cli(argv: list[str] | None = None) -> int:
                 if args.checkpoint is None or save_dir is not None:
                     raise EvaluationError(f"--kind {kind}: evaluate a --checkpoint, without "
                                           "--save-predictions (saved predictions follow the facedp layout)")
-                if not args.checkpoint.is_file():
-                    raise EvaluationError(f"{args.checkpoint}: checkpoint file does not exist")
                 frame = evaluate_dp_dataset(load_model(args.checkpoint, map_location="cpu"),
                                             open_dataset(root, args.split, kind),
                                             name=args.name or args.checkpoint.stem, progress=True)

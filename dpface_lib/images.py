@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageError", "ImageWarning", "read_image", "to_rgb"]
+__all__ = ["ImageError", "ImageWarning", "drop_alpha", "read_image", "to_rgb"]
 
 #: Pillow modes read as they are, with the largest value of their bit depth.
 _PIL_SCALE = {"1": 1, "L": 255, "LA": 255, "RGB": 255, "RGBA": 255, "I;16": 65535, "I;16B": 65535,
@@ -95,20 +95,25 @@ def _from_pillow(image, path: Path) -> tuple[np.ndarray, int]:
     return array, 16 if scale == 65535 else 8
 
 
-def to_rgb(array: np.ndarray, path: str | os.PathLike) -> np.ndarray:
-    """``(H, W, C)`` from :func:`read_image` as ``(H, W, 3)``: grey repeated, alpha dropped.
+def drop_alpha(array: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """``(H, W, C)`` from :func:`read_image` without its alpha channel (C = 2 or 4 -> 1 or 3).
 
     Dropping an alpha channel that is not fully opaque warns with :class:`ImageWarning` (the colour under a
     transparent pixel is kept as stored, not composited on any background).
     """
-    channels = array.shape[-1]
-    if channels in (2, 4):
-        alpha = array[..., -1]
-        transparent = float(np.mean(alpha < 1.0))
-        if transparent > 0:
-            warnings.warn(f"{path}: alpha channel dropped ({100 * transparent:.1f}% of pixels not opaque)",
-                          ImageWarning, stacklevel=2)
-        array = array[..., :-1]
+    if array.shape[-1] not in (2, 4):
+        return array
+    transparent = float(np.mean(array[..., -1] < 1.0))
+    if transparent > 0:
+        warnings.warn(f"{path}: alpha channel dropped ({100 * transparent:.1f}% of pixels not opaque)",
+                      ImageWarning, stacklevel=3)
+    return array[..., :-1]
+
+
+def to_rgb(array: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """``(H, W, C)`` from :func:`read_image` as ``(H, W, 3)``: grey repeated, alpha dropped
+    (:func:`drop_alpha`)."""
+    array = drop_alpha(array, path)
     if array.shape[-1] == 1:
         array = np.repeat(array, 3, axis=-1)
     return np.ascontiguousarray(array, dtype=np.float32)

@@ -254,9 +254,9 @@ def cli(argv: list[str]) -> int:
                 "--b, or --calib JSON"
             )
         if item is not None:
-            views = [item[k].expand(3, -1, -1) if item[k].shape[0] == 1 else item[k]
-                     for k in ("left", "right")]
-            left, right = (view.permute(1, 2, 0).numpy() for view in views)
+            from dpface_lib.datasets import rgb_pair
+
+            left, right = rgb_pair(item)
             args.left = args.right = f"{args.data_root} item {args.sample} ({item['sample_id']})"
         else:
             left, right = read_rgb(args.left), read_rgb(args.right)

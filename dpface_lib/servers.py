@@ -57,19 +57,25 @@ class Server:
         return f"http://{HOST}:{self.port}{self.path}?token={self.token}"
 
     def stop(self, timeout: float = 10.0) -> None:
-        """End the server and every process of its group (kernels included): SIGTERM, then SIGKILL."""
-        if self.process.poll() is not None:
+        """End the server and its kernels (:func:`stop_process_group`)."""
+        stop_process_group(self.process, timeout)
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """End a process started with ``start_new_session=True`` and every process of its group: SIGTERM,
+    then SIGKILL after ``timeout`` s."""
+    if process.poll() is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
             return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.process.wait(timeout=timeout)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        try:
+            process.wait(timeout=timeout)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _start(argv: list[str], port: int, token: str, path: str, env: dict[str, str], log: IO | None,

@@ -18,6 +18,7 @@ def identity_depth_maps(face_model: str = "ict", persons: int = 20, size: tuple[
                         seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Depth maps (mm) and masks of ``persons`` people in the neutral frontal forward view of camera 2 (one
     of the rig's four most frontal cameras, 12 degrees off the face's axis)."""
+    from dpface_lib.geometry import BENCHMARK_OPTICS
     from dpface_lib.simulate.face import load_face_model, sample_person
     from dpface_lib.simulate.ict_face import load_ict_model
     from dpface_lib.simulate.rig import build_rig
@@ -25,7 +26,8 @@ def identity_depth_maps(face_model: str = "ict", persons: int = 20, size: tuple[
 
     if face_model not in ("james", "ict"):
         raise ValueError(f"face_model must be 'james' or 'ict', got {face_model!r}")
-    camera = build_rig(size[0], size[1], np.random.default_rng([seed, 999]), 5.657)[1]  # 2: most frontal
+    camera = build_rig(size[0], size[1], np.random.default_rng([seed, 999]),
+                       BENCHMARK_OPTICS.f_number)[1]  # 2: most frontal
     model = load_face_model() if face_model == "james" else load_ict_model().model
     depths, masks = [], []
     for person in range(persons):

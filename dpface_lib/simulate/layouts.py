@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dpface_lib.fileio import atomic_save_npy, atomic_save_png, atomic_write
+from dpface_lib.fileio import atomic_save_npy, atomic_save_png, atomic_write, atomic_write_bytes
 from dpface_lib.layout import read_calibration
 
 LAYOUTS = ("facedp", "google-dp", "dpdd", "dp5k")
@@ -42,7 +42,7 @@ def _inverse_depth_u8(depth: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def _google(sample: dict[str, Any], out: Path, split: str, index: int) -> None:
-    from PIL import Image
+    from dpface_lib.simulate.optics import encode_jpeg
 
     name = f"{index:05d}_{sample['sample_id'].replace('/', '_')}"
     base = out / split
@@ -52,9 +52,8 @@ def _google(sample: dict[str, Any], out: Path, split: str, index: int) -> None:
     atomic_save_png(base / "merged_depth" / name / "result_merged_depth_center.png",
                     _inverse_depth_u8(sample["depth"], mask))
     atomic_save_npy(base / "merged_conf" / name / "result_merged_conf_center.npy", mask.astype(np.float32))
-    rgb = np.round(np.clip(sample["lrsum"].transpose(1, 2, 0), 0, 1) * 255).astype(np.uint8)
-    atomic_write(base / "scaled_images" / name / "result_scaled_image_center.jpg",
-                 lambda tmp: Image.fromarray(rgb).save(tmp, format="JPEG", quality=95))
+    atomic_write_bytes(base / "scaled_images" / name / "result_scaled_image_center.jpg",
+                       encode_jpeg(sample["lrsum"].transpose(1, 2, 0), quality=95))
 
 
 def _dpdd(sample: dict[str, Any], out: Path, split: str, index: int) -> None:

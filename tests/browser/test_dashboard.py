@@ -4,9 +4,7 @@ rerun for a run without saved predictions. The server is stopped by process grou
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ from dpface_lib.corruptions import CorruptedGroundTruth
 from dpface_lib.dashboard import ranked
 from dpface_lib.data import DATA_SAMPLES, FaceDPDataset, evenly_spaced
 from dpface_lib.evaluate import evaluate_model, write_tables
+from dpface_lib.servers import stop_process_group
 
 pytestmark = pytest.mark.browser
 #: Voila's lab template links Font Awesome from a CDN; offline, that request fails (the dashboard uses no icons).
@@ -51,16 +50,6 @@ def start(run: Path, log) -> tuple[subprocess.Popen, str]:
         if not line and process.poll() is not None:
             break
     raise AssertionError(f"dpface dashboard printed no URL (exit status {process.poll()})")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=15)
 
 
 def test_dashboard_picks_a_model_steps_to_the_worst_sample_and_hovers(page, screenshot, tmp_path: Path) -> None:
@@ -117,6 +106,6 @@ def test_dashboard_picks_a_model_steps_to_the_worst_sample_and_hovers(page, scre
             assert "classical" in maps.inner_text()
             screenshot(page, "dashboard_run_without_predictions")
         finally:
-            stop(process)
+            stop_process_group(process, timeout=15)
     assert process.poll() is not None
     assert [p for p in page.problems if OFFLINE_CDN not in p and "ERR_NAME_NOT_RESOLVED" not in p] == []
