@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dpface_lib.geometry import backproject, disparity_to_depth, scale_intrinsics
+from dpface_lib.models.resample import upsample_volume
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -268,7 +269,7 @@ def regress_volume(
     cost: torch.Tensor, size: tuple[int, int], bins: torch.Tensor, align_corners: bool = True
 ) -> torch.Tensor:
     """Upsample a (B, 1, D, h, w) cost trilinearly to (len(bins), H, W) and soft-argmin it -> (B, H, W) px."""
-    up = F.interpolate(cost, size=(bins.numel(), *size), mode="trilinear", align_corners=align_corners)
+    up = upsample_volume(cost, (bins.numel(), *size), align_corners)
     return soft_argmin(up.squeeze(1), bins)
 
 

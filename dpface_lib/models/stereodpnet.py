@@ -47,6 +47,7 @@ from dpface_lib.models.blocks import (
     require_keys,
     soft_argmin,
 )
+from dpface_lib.models.resample import upsample_volume
 
 __all__ = ["DPBlock", "DPFeatures", "StereoDPNet"]
 
@@ -207,11 +208,15 @@ class StereoDPNet(nn.Module):
         if right.shape != left.shape:
             raise ValueError(f"StereoDPNet: left {tuple(left.shape)} and right {tuple(right.shape)} differ")
         size = tuple(left.shape[-2:])
-        asm = self.asm(self.features(imagenet_normalize(left)), self.features(imagenet_normalize(right)))
+        # one pass over both views: shared weights, and in training BatchNorm normalises both views with
+        # the same batch statistics (per-view statistics would shift one view's features against the
+        # other's by more than the sub-pixel DP signal)
+        ref, tgt = self.features(imagenet_normalize(torch.cat([left, right]))).chunk(2)
+        asm = self.asm(ref, tgt)
         costs, last_volume = self.aggregation.forward_with_features(asm["volume"])
         probabilities = []
         for cost in costs:
-            up = F.interpolate(cost, size=(self.bins.numel(), *size), mode="trilinear", align_corners=True)
+            up = upsample_volume(cost, (self.bins.numel(), *size), align_corners=True)
             probabilities.append(up.squeeze(1))
         disparities = [soft_argmin(p, self.bins) for p in probabilities]
         out = disparity_outputs(disparities, batch)
