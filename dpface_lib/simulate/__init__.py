@@ -110,9 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_at_least(1), default=1, help="processes rendering views in parallel")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder whole")
-    p.add_argument("--face-model", choices=("james", "ict"), default="james",
-                   help="faces: james (one head scan with procedural variation) or ict (ICT-FaceKit's "
-                        "morphable model: 100 identity modes and expression blendshapes)")
+    p.add_argument("--face-model", choices=("ict", "james"), default="ict",
+                   help="faces: ict (ICT-FaceKit's morphable model: 100 identity modes and expression "
+                        "blendshapes) or james (one head scan with procedural variation)")
     p.add_argument("--layout", choices=("facedp", "google-dp", "dpdd", "dp5k"), default="facedp",
                    help="file layout to write: the facial benchmark's (default) or a public DP dataset's "
                         "(dpface_lib.simulate.layouts)")

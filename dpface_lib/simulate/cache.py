@@ -29,7 +29,7 @@ from dpface_lib.fileio import atomic_write_bytes
 __all__ = ["SIMULATOR_VERSION", "cached_dataset", "data_card", "simulate_argv"]
 
 #: Bumped whenever the simulator's output changes for the same options (invalidates cached sets).
-SIMULATOR_VERSION = 1
+SIMULATOR_VERSION = 2  # 2: the default face model is ict (was james)
 
 _OPTION_NAMES = ("persons", "test_persons", "size", "seed", "views_per_person", "lights_per_view",
                  "f_number", "tau", "jpeg_quality", "cameras", "lights", "expressions", "positions",

@@ -53,7 +53,7 @@ class SimConfig:
     f_number: float = BENCHMARK_OPTICS.f_number
     tau: float = dp.DEFAULT_TAU
     psf: str = "soft"
-    face_model: str = "james"
+    face_model: str = "ict"
     jpeg_quality: int = 92
     noise: bool = True
     progress: bool = True
