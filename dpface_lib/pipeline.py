@@ -59,6 +59,9 @@ from dpface_lib.fileio import atomic_write
 SUMMARY_FIELDS = ["step", "notebook", "parameters", "status", "seconds", "output"]
 DEFAULT_KERNEL = "dpface"
 MAX_PIPELINE_BYTES = 256 * 1024  # a pipeline file is a hand-written list of steps, never this large
+#: seconds one notebook cell may run: over 3x the longest teaching-run cell on 2 cores; a kernel that stops
+#: answering (a lost reply) would otherwise hold the pipeline forever
+CELL_TIMEOUT_S = 1200.0
 
 
 class PipelineError(RuntimeError):
@@ -284,14 +287,19 @@ def run_pipeline(
     resume: bool = False,
     kernel: str | None = None,
     cell_progress: bool = True,
+    cell_timeout: float | None = CELL_TIMEOUT_S,
+    retries: int = 1,
 ) -> list[dict[str, Any]]:
     """Execute the pipeline; returns the summary rows (also written to ``out_dir/summary.csv``).
 
     ``only``: step names to run (others skipped). ``overrides``: parameters applied to every run whose
     notebook declares them (e.g. ``{"data_root": "/data/facedp"}``). ``resume``: allow an existing
-    ``out_dir`` and skip runs already recorded as ``ok`` there.
+    ``out_dir`` and skip runs already recorded as ``ok`` there. ``cell_timeout``: seconds one cell may run
+    (``None``: no limit). A run whose kernel dies or stops answering (a cell past ``cell_timeout``) is
+    started again from its first cell up to ``retries`` times; a cell that raises is not retried.
     """
     import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
     from tqdm.auto import tqdm
 
@@ -339,10 +347,27 @@ def run_pipeline(
                "output": str(output)}
         start = time.perf_counter()
         try:
-            papermill.execute_notebook(
-                str(run.notebook), str(output), parameters=params, kernel_name=kernel_name,
-                cwd=str(REPO_ROOT), progress_bar=cell_progress, log_output=False,
-            )
+            for attempt in range(retries + 1):
+                try:
+                    papermill.execute_notebook(
+                        str(run.notebook), str(output), parameters=params, kernel_name=kernel_name,
+                        cwd=str(REPO_ROOT), progress_bar=cell_progress, log_output=False,
+                        execution_timeout=cell_timeout,
+                    )
+                    break
+                except (CellTimeoutError, DeadKernelError) as err:
+                    timed_out = isinstance(err, CellTimeoutError)
+                    what = "a cell ran past --cell-timeout" if timed_out else "its kernel died"
+                    if attempt == retries:
+                        row.update(status="failed", seconds=f"{time.perf_counter() - start:.1f}")
+                        rows.append(row)
+                        _write_summary(summary_path, rows)
+                        raise PipelineError(
+                            f"step {run.name!r} ({run.notebook.name}): {what} in each of {retries + 1} "
+                            f"attempt(s); partial output kept at {output}; rerun with --resume"
+                        ) from None
+                    print(f"step {run.name!r}: {what}; starting it again ({attempt + 2} of {retries + 1})",
+                          file=sys.stderr)
         except PapermillExecutionError as err:
             row.update(status="failed", seconds=f"{time.perf_counter() - start:.1f}")
             rows.append(row)
@@ -381,6 +406,9 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--kernel", default=None, help=f"Jupyter kernel name (default {DEFAULT_KERNEL!r})")
     parser.add_argument("--list", action="store_true", help="print the expanded runs and exit")
     parser.add_argument("--no-cell-progress", action="store_true", help="hide the per-cell progress bar")
+    parser.add_argument("--cell-timeout", type=float, default=CELL_TIMEOUT_S, metavar="SECONDS",
+                        help=f"limit for one cell (default {CELL_TIMEOUT_S:.0f}; 0: none); a run that "
+                             "passes it, or whose kernel dies, is started again once")
     args = parser.parse_args(argv)
     try:
         if args.list:
@@ -388,7 +416,8 @@ def cli(argv: list[str]) -> int:
                 print(f"{run.name:40s} {run.notebook.name:32s} {json.dumps(run.parameters)}")
             return 0
         rows = run_pipeline(args.pipeline, args.out, only=args.only, overrides=dict(args.overrides),
-                            resume=args.resume, kernel=args.kernel, cell_progress=not args.no_cell_progress)
+                            resume=args.resume, kernel=args.kernel, cell_progress=not args.no_cell_progress,
+                            cell_timeout=args.cell_timeout or None)
     except PipelineError as err:
         print(f"dpface pipeline: {err}", file=sys.stderr)
         return 2

@@ -154,8 +154,12 @@ def cli(argv: list[str]) -> int:
     server = start_dashboard(runs, data_root=args.data_root, metric=args.metric, port=args.port,
                              token=args.token, log=sys.stderr)  # Voila's own messages, on stderr
     print(f"dashboard: {server.url}\n(Ctrl-C stops it)", flush=True)
+    # Voila runs in its own session, so a SIGTERM sent to this command (or its group) does not reach it:
+    # turn SIGTERM into SystemExit so that the `finally` below stops the server instead of orphaning it.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         server.process.wait()
     finally:
         server.stop()
+        signal.signal(signal.SIGTERM, previous)
     return 0

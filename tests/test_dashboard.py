@@ -72,3 +72,55 @@ def test_dashboard_command_refuses_a_missing_run_in_one_line(tmp_path: Path, cap
     assert cli.main(["dashboard", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "missing: run folder does not exist" in err
+
+
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (from /proc; Linux)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table from /proc")
+def test_sigterm_to_the_dashboard_command_stops_its_server(run_dir: Path) -> None:
+    """Voila runs in its own session; ending `dpface dashboard` with SIGTERM must not orphan it."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "dpface_lib.cli", "dashboard", str(run_dir),
+               "--data-root", str(DATA_SAMPLES)]
+    servers: list[int] = []
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not re.match(r"dashboard: http://127\.0\.0\.1:\d+/", line):
+            line = process.stdout.readline()
+            if not line and process.poll() is not None:
+                break
+        assert line.startswith("dashboard: http://127.0.0.1:"), f"no URL (exit status {process.poll()})"
+        servers = _children(process.pid)
+        assert servers, "the dashboard command started no server process"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in servers):
+            time.sleep(0.2)
+        alive = [pid for pid in servers if Path(f"/proc/{pid}").exists()]
+        assert not alive, f"server process(es) {alive} outlived the dashboard command"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for pid in servers:  # never leave a server behind, even when the test fails
+            if Path(f"/proc/{pid}").exists():
+                os.killpg(pid, signal.SIGKILL)

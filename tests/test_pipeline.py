@@ -277,3 +277,39 @@ def test_fuzz_pipeline_files_fail_only_with_pipeline_error(project: Path) -> Non
             assert runs and len({run.name for run in runs}) == len(runs)
 
     check()
+
+
+DIE_ONCE = (
+    "import os\n"
+    "from pathlib import Path\n"
+    "marker = Path(out_dir) / 'died_once'\n"
+    "Path(out_dir).mkdir(parents=True, exist_ok=True)\n"
+    "if not marker.exists():\n"
+    "    marker.write_text('1')\n"
+    "    os._exit(1)  # the kernel process ends mid-cell\n"
+    "(Path(out_dir) / 'x.txt').write_text(repr(x))"
+)
+
+
+def test_a_kernel_that_dies_is_started_again_once(project: Path, capsys) -> None:
+    _notebook(project / "die_once.ipynb", DIE_ONCE)
+    spec = _write_yaml(project / "p.yaml", "steps:\n  - {name: flaky, notebook: die_once.ipynb, "
+                       "parameters: {x: 5, out_dir: '{run_dir}/flaky'}}\n")
+    out = project / "out"
+    rows = run_pipeline(spec, out, cell_progress=False)
+    assert [r["status"] for r in rows] == ["ok"]
+    assert (out / "flaky" / "died_once").is_file() and (out / "flaky" / "x.txt").read_text() == "5"
+    assert "kernel died; starting it again (2 of 2)" in capsys.readouterr().err
+
+
+def test_a_cell_past_the_timeout_fails_the_step_after_the_retry(project: Path, capsys) -> None:
+    _notebook(project / "hang.ipynb", "import time\ntime.sleep(60)")
+    spec = _write_yaml(project / "p.yaml", "steps:\n  - {name: stuck, notebook: hang.ipynb}\n")
+    out = project / "out"
+    with pytest.raises(PipelineError) as info:
+        run_pipeline(spec, out, cell_progress=False, cell_timeout=2.0, retries=1)
+    message = str(info.value)
+    assert "'stuck'" in message and "cell-timeout" in message and "2 attempt(s)" in message
+    assert "--resume" in message and "starting it again (2 of 2)" in capsys.readouterr().err
+    with (out / "summary.csv").open() as fh:
+        assert [row["status"] for row in csv.DictReader(fh)] == ["failed"]
