@@ -278,6 +278,15 @@ def _write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, write)
 
 
+def _record_failure(row: dict[str, Any], rows: list[dict[str, Any]], summary_path: Path, start: float,
+                    message: str) -> PipelineError:
+    """Mark ``row`` failed in the summary file and return the error to raise."""
+    row.update(status="failed", seconds=f"{time.perf_counter() - start:.1f}")
+    rows.append(row)
+    _write_summary(summary_path, rows)
+    return PipelineError(message)
+
+
 def run_pipeline(
     pipeline_file: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -359,23 +368,19 @@ def run_pipeline(
                     timed_out = isinstance(err, CellTimeoutError)
                     what = "a cell ran past --cell-timeout" if timed_out else "its kernel died"
                     if attempt == retries:
-                        row.update(status="failed", seconds=f"{time.perf_counter() - start:.1f}")
-                        rows.append(row)
-                        _write_summary(summary_path, rows)
-                        raise PipelineError(
+                        raise _record_failure(
+                            row, rows, summary_path, start,
                             f"step {run.name!r} ({run.notebook.name}): {what} in each of {retries + 1} "
-                            f"attempt(s); partial output kept at {output}; rerun with --resume"
+                            f"attempt(s); partial output kept at {output}; rerun with --resume",
                         ) from None
                     print(f"step {run.name!r}: {what}; starting it again ({attempt + 2} of {retries + 1})",
                           file=sys.stderr)
         except PapermillExecutionError as err:
-            row.update(status="failed", seconds=f"{time.perf_counter() - start:.1f}")
-            rows.append(row)
-            _write_summary(summary_path, rows)
-            raise PipelineError(
+            raise _record_failure(
+                row, rows, summary_path, start,
                 f"step {run.name!r} failed in {run.notebook.name}, cell {err.cell_index} "
                 f"(execution count {err.exec_count}): {err.ename}: {err.evalue}\n"
-                f"partial output kept at {output}"
+                f"partial output kept at {output}",
             ) from None
         row.update(status="ok", seconds=f"{time.perf_counter() - start:.1f}")
         rows.append(row)
