@@ -324,13 +324,15 @@ def write_leaderboard(runs_dir: str | Path, out_path: str | Path | None = None) 
 # ---------------------------------------------------------------------------------------------- CLI
 def cli(argv: list[str] | None = None) -> int:
     """``dpface eval``: evaluate a checkpoint or a predictions folder over a split -> tables in ``--out``."""
+    from dpface_lib.datasets import KINDS
+
     parser = argparse.ArgumentParser(prog="dpface eval", description=cli.__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="model checkpoint (dpface_lib.checkpoint.load_model)")
     source.add_argument("--predictions", type=Path, help="folder of <sample_id>.npz predictions")
     parser.add_argument("--data-root", type=Path, default=None, help="dataset root (default: data_samples/)")
     parser.add_argument("--split", default="test", help="split file name without .txt (default: test)")
-    parser.add_argument("--kind", default=None, choices=("auto", "facedp", "google-dp", "dpdd", "dp5k"),
+    parser.add_argument("--kind", default=None, choices=("auto", *KINDS),
                         help="layout of --data-root (default facedp; see dpface_lib.datasets)")
     parser.add_argument("--out", type=Path, required=True,
                         help="folder for per_sample/aggregate tables (new or empty unless --overwrite)")

@@ -67,6 +67,8 @@ def _positive_float(text: str) -> float:
 def _parser() -> argparse.ArgumentParser:
     """The options of ``dpface simulate``, each checked before anything is written."""
     from dpface_lib.geometry import BENCHMARK_OPTICS
+    from dpface_lib.simulate.ict_face import FACE_MODELS
+    from dpface_lib.simulate.layouts import LAYOUTS
     from dpface_lib.simulate.optics import DEFAULT_TAU
 
     p = argparse.ArgumentParser(prog="dpface simulate", description=__doc__.split("\n")[0])
@@ -110,10 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_at_least(1), default=1, help="processes rendering views in parallel")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder whole")
-    p.add_argument("--face-model", choices=("ict", "james"), default="ict",
+    p.add_argument("--face-model", choices=FACE_MODELS, default=FACE_MODELS[0],
                    help="faces: ict (ICT-FaceKit's morphable model: 100 identity modes and expression "
                         "blendshapes) or james (one head scan with procedural variation)")
-    p.add_argument("--layout", choices=("facedp", "google-dp", "dpdd", "dp5k"), default="facedp",
+    p.add_argument("--layout", choices=LAYOUTS, default="facedp",
                    help="file layout to write: the facial benchmark's (default) or a public DP dataset's "
                         "(dpface_lib.simulate.layouts)")
     return p

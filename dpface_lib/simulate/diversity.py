@@ -19,16 +19,15 @@ def identity_depth_maps(face_model: str = "ict", persons: int = 20, size: tuple[
     """Depth maps (mm) and masks of ``persons`` people in the neutral frontal forward view of camera 2 (one
     of the rig's four most frontal cameras, 12 degrees off the face's axis)."""
     from dpface_lib.geometry import BENCHMARK_OPTICS
-    from dpface_lib.simulate.face import load_face_model, sample_person
+    from dpface_lib.simulate import ict_face
+    from dpface_lib.simulate.face import sample_person
     from dpface_lib.simulate.ict_face import load_ict_model
     from dpface_lib.simulate.rig import build_rig
     from dpface_lib.simulate.scene import render_view
 
-    if face_model not in ("james", "ict"):
-        raise ValueError(f"face_model must be 'james' or 'ict', got {face_model!r}")
+    model = ict_face.face_model(face_model)  # refuses an unknown name
     camera = build_rig(size[0], size[1], np.random.default_rng([seed, 999]),
                        BENCHMARK_OPTICS.f_number)[1]  # 2: most frontal
-    model = load_face_model() if face_model == "james" else load_ict_model().model
     depths, masks = [], []
     for person in range(persons):
         rng = np.random.default_rng([seed, person])

@@ -86,6 +86,23 @@ def load_ict_model(path: str = str(ICT_ASSET)) -> IctModel:
     return IctModel(path)
 
 
+#: names accepted by ``dpface simulate --face-model`` (the first is the default)
+FACE_MODELS = ("ict", "james")
+
+
+def face_model(name: str) -> FaceModel:
+    """The :class:`FaceModel` a simulated set renders: ``"ict"`` (this module's morphable model, whose
+    persons carry an ``identity``) or ``"james"`` (the head scan of
+    :func:`dpface_lib.simulate.face.load_face_model`)."""
+    if name == "ict":
+        return load_ict_model().model
+    if name == "james":
+        from dpface_lib.simulate.face import load_face_model
+
+        return load_face_model()
+    raise ValueError(f"face model must be one of {FACE_MODELS}, got {name!r}")
+
+
 @lru_cache(maxsize=1)
 def skin_detail_texture(size: int = 512, seed: int = 7) -> np.ndarray:
     """(size, size, 3) float32 grey-ish skin detail in [0, 1]: value noise over four octaves (mean 0.78) with

@@ -23,7 +23,8 @@ import numpy as np
 from dpface_lib.fileio import atomic_save_npy, atomic_write_bytes
 from dpface_lib.geometry import BENCHMARK_OPTICS, intrinsics_to_vector
 from dpface_lib.simulate import optics as dp
-from dpface_lib.simulate.face import DIRECTIONS, EXPRESSIONS, load_face_model, sample_person
+from dpface_lib.simulate.face import DIRECTIONS, EXPRESSIONS, sample_person
+from dpface_lib.simulate.ict_face import face_model, load_ict_model
 from dpface_lib.simulate.rig import LIGHT_DIRECTIONS, POSITIONS, Camera, build_rig
 from dpface_lib.simulate.scene import form_images, render_view
 
@@ -97,8 +98,6 @@ def person_plan(
     params = sample_person(rng)
     wall_phase = rng.uniform(0.0, 2 * np.pi, size=4)
     if cfg.face_model == "ict":  # drawn after the scan's draws, so a james set is unchanged
-        from dpface_lib.simulate.ict_face import load_ict_model
-
         params["identity"] = load_ict_model().sample_identity(rng)
     views = [
         (i + 1, v)
@@ -220,13 +219,7 @@ def write_view(
         if fail_after is not None and written > fail_after:
             raise RuntimeError(f"simulated failure after {fail_after} files")
 
-    if cfg.face_model == "ict":
-        from dpface_lib.simulate.ict_face import load_ict_model
-
-        model = load_ict_model().model
-    else:
-        model = load_face_model()
-    geo = render_view(model, params, *view, cam, wall_phase)
+    geo = render_view(face_model(cfg.face_model), params, *view, cam, wall_phase)
     for sub, arr in (
         ("DEPTH", geo.depth.astype(np.float32)),
         ("NORMAL", geo.normal.astype(np.float16)),
