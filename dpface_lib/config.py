@@ -10,15 +10,18 @@ and ``train:`` sections merged over :data:`DEFAULTS` by :func:`training_config`.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from dpface_lib.models import CONFIG_DIR, load_config
 
-__all__ = ["DEFAULTS", "ConfigError", "merge", "parse_key_value", "parse_overrides", "set_dotted",
-           "training_config"]
+__all__ = ["DEFAULTS", "ConfigError", "merge", "native_bf16", "parse_key_value", "parse_overrides",
+           "resolve_precision", "set_dotted", "training_config"]
 
 #: Every accepted key of a profile's ``data:`` and ``train:`` sections with its default.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -41,7 +44,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_epochs": 75,
         "max_steps": -1,
         "loss_lambdas": None,           # {term: lambda} over the model's own loss_terms
-        "precision": "32-true",
+        "precision": "32-true",        # Lightning's; "auto": bf16-mixed where bf16 is native, else 32-true
         "gradient_clip_val": None,
         "val_every_n_epochs": 1,
         "val_every_n_steps": None,      # validate every N optimiser steps instead of per epoch
@@ -140,6 +143,38 @@ def training_config(name: str, profile: str = "full", overrides: Mapping | None 
         merged = merge(merged, overrides)
     check_section(merged, DEFAULTS, "", "config", source)
     return merged
+
+
+def native_bf16(device_type: str, cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether bfloat16 matrix products run in hardware on ``device_type`` ("cpu" or "cuda").
+
+    CUDA: :func:`torch.cuda.is_bf16_supported`. CPU: the x86 flags ``avx512_bf16`` or ``amx_bf16`` in
+    ``cpuinfo`` (Linux). Without them oneDNN emulates bfloat16, which is slower than float32, so the answer is
+    False there and on every other CPU.
+    """
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type != "cpu":
+        return False
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    return re.search(r"^flags\s*:.*\b(avx512_bf16|amx_bf16)\b", text, flags=re.MULTILINE) is not None
+
+
+def resolve_precision(precision: str | int, accelerator: str = "auto") -> str | int:
+    """Lightning's ``precision`` for a run: ``train.precision`` itself, except ``"auto"``.
+
+    ``"auto"`` becomes ``"bf16-mixed"`` where :func:`native_bf16` holds for the device that ``accelerator``
+    picks ("auto" picks CUDA when it is available), else ``"32-true"``. Mixed precision keeps the weights,
+    the optimiser and the losses in float32 and runs the convolutions in bfloat16: on a CPU with AVX512-BF16
+    a tiny-profile training step takes 0.5-0.8 x the float32 time (docs/benchmarks.md).
+    """
+    if precision != "auto":
+        return precision
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if native_bf16("cuda" if gpu else "cpu") else "32-true"
 
 
 def set_dotted(tree: dict, dotted: str, value: Any) -> None:

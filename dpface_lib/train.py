@@ -48,7 +48,7 @@ from dpface_lib.checkpoint import (
     SaveLastCheckpoint,
     plain,
 )
-from dpface_lib.config import ConfigError, parse_overrides, set_dotted, training_config
+from dpface_lib.config import ConfigError, parse_overrides, resolve_precision, set_dotted, training_config
 from dpface_lib.data import evenly_spaced
 from dpface_lib.losses import model_loss
 from dpface_lib.metrics import batch_metrics
@@ -309,6 +309,7 @@ def train_model(
             train_cfg["max_epochs"] = -1
     if max_epochs is not None:
         train_cfg["max_epochs"] = int(max_epochs)
+    train_cfg["precision"] = resolve_precision(train_cfg["precision"], accelerator)  # the checkpoint keeps it
     ckpt_dir = out_dir / "checkpoints"
     ckpt_path = None
     if resume is not None:

@@ -252,6 +252,31 @@ def test_resume_gives_the_same_weights_as_one_run(tmp_path: Path) -> None:
     assert log["val/ai1"].notna().sum() >= 1 and log["train/loss_step"].notna().sum() == 2 * n
 
 
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(tmp_path: Path, monkeypatch) -> None:
+    flags = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f {}\nbugs\t\t: spectre_v1\n"
+    for extra, native in (("avx512_bf16 avx512_vnni", True), ("amx_bf16 amx_tile", True),
+                          ("avx512_vnni", False), ("", False)):
+        (tmp_path / "cpuinfo").write_text(flags.format(extra))
+        assert config_module.native_bf16("cpu", tmp_path / "cpuinfo") is native, extra
+    (tmp_path / "bugs").write_text("flags\t\t: avx2\nbugs\t\t: avx512_bf16\n")  # only the flags line counts
+    assert not config_module.native_bf16("cpu", tmp_path / "bugs")
+    assert not config_module.native_bf16("cpu", tmp_path / "missing")
+    assert not config_module.native_bf16("mps")
+
+    for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(config_module, "native_bf16", lambda device, native=native: native)
+        assert config_module.resolve_precision("auto", "cpu") == expected
+        assert config_module.resolve_precision("16-mixed", "cpu") == "16-mixed"  # explicit values pass through
+
+    # a run records the precision it resolved, so its checkpoint says how it was trained
+    root = write_tiny_dataset(tmp_path / "data", size=(48, 64), n_views=1, lights=(1,))
+    overrides = _tiny_overrides()
+    overrides["train"] = {**overrides.get("train", {}), "precision": "auto"}
+    run = train_model("dpnet", root, tmp_path / "run", "tiny", max_steps=1, config_overrides=overrides,
+                      progress_bar=False)
+    assert load_checkpoint(run["checkpoint"])["dpface"]["config"]["train"]["precision"] == "32-true"
+
+
 def test_cli_trains_and_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = write_tiny_dataset(tmp_path / "data", size=(32, 32), n_views=1, lights=(1,))
     out = tmp_path / "run"

@@ -204,3 +204,9 @@ if _C is not None:
         )
 
     torch.library.register_autograd("dpface::deform_conv3d", _backward, setup_context=_setup_context)
+
+    # Under autocast (Lightning's "bf16-mixed", torch.autocast) the op runs in float32: its kernels are
+    # written for float and double, and trilinear sampling at sub-voxel offsets needs float32's mantissa.
+    # The inputs are cast up, the output is float32, and the autocast ops that follow cast it down again.
+    for _device_type in ("cpu", "cuda"):
+        torch.library.register_autocast("dpface::deform_conv3d", _device_type, torch.float32)

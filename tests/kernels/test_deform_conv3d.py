@@ -336,3 +336,22 @@ def test_non_contiguous_inputs():
     q["offset"] = p["offset"].transpose(0, 1).contiguous().transpose(0, 1)
     assert not q["input"].is_contiguous() and not q["offset"].is_contiguous()
     torch.testing.assert_close(call(op, q), call(op, p))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_autocast_runs_the_op_in_float32(device):
+    """Under bf16 autocast (as Lightning's "bf16-mixed" training) the op takes bfloat16 activations next to
+    float32 weights, runs in float32 and gives the float32 op's output on the same (rounded) inputs, with
+    gradients flowing back to the float32 weights."""
+    skip_without_cuda_kernels(device)
+    p = make_problem(dtype=torch.float32, device=device, seed=5)
+    low = {**p, **{k: p[k].bfloat16() for k in ("input", "offset", "mask")}}
+    weight = p["weight"].clone().requires_grad_()
+    with torch.autocast(device, dtype=torch.bfloat16):
+        got = call(dpface_kernels.deform_conv3d, {**low, "weight": weight})
+    assert got.dtype == torch.float32
+    rounded = {k: (v.float() if torch.is_tensor(v) else v) for k, v in low.items()}
+    want = call(dpface_kernels.deform_conv3d, {**rounded, "weight": p["weight"]})
+    torch.testing.assert_close(got, want)
+    got.square().sum().backward()
+    assert weight.grad is not None and weight.grad.dtype == torch.float32 and weight.grad.abs().sum() > 0
