@@ -53,6 +53,7 @@ from dpface_lib.data import evenly_spaced
 from dpface_lib.losses import model_loss
 from dpface_lib.metrics import batch_metrics
 from dpface_lib.models import build_model, model_args
+from dpface_lib.models.blocks import at_least_float32
 from dpface_lib.sampling import SeededSamples, StepSampler, rng_state, set_rng_state
 from dpface_lib.transforms import build_transform
 
@@ -187,7 +188,11 @@ class DPFaceModule(pl.LightningModule):
         self.loss_weights = list(getattr(self.model, "loss_weights", [1.0]))
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        return self.model(batch)
+        """The model's outputs, floating tensors in float32 or wider: under mixed precision (``bf16-mixed``)
+        the network runs in bfloat16, whose 8-bit mantissa would round a 1 px disparity to 0.004 px steps
+        inside the losses' per-sample affine fits and the metrics; those are computed in float32 instead."""
+        outputs = self.model(batch)
+        return {k: at_least_float32(v) if torch.is_tensor(v) else v for k, v in outputs.items()}
 
     def _loss(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         if "disparities" not in outputs and "disparity" in outputs:
@@ -198,7 +203,7 @@ class DPFaceModule(pl.LightningModule):
         return model_loss(outputs, batch, self.loss_terms, weights)
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        parts = self._loss(self.model(batch), batch)
+        parts = self._loss(self(batch), batch)
         size = batch["left"].shape[0]
         self.log("train/loss", parts["loss"], prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
         for term, value in parts.items():
@@ -207,7 +212,7 @@ class DPFaceModule(pl.LightningModule):
         return parts["loss"]
 
     def _evaluate(self, batch: Mapping[str, Any], stage: str) -> None:
-        outputs = self.model(batch)
+        outputs = self(batch)
         size = batch["left"].shape[0]
         self.log(f"{stage}/loss", self._loss(outputs, batch)["loss"], batch_size=size, sync_dist=True)
         metrics = batch_metrics(outputs, batch, allow_empty=True)

@@ -266,7 +266,7 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(tmp_path: Path, m
     for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
         monkeypatch.setattr(config_module, "native_bf16", lambda device, native=native: native)
         assert config_module.resolve_precision("auto", "cpu") == expected
-        assert config_module.resolve_precision("16-mixed", "cpu") == "16-mixed"  # explicit values pass through
+        assert config_module.resolve_precision("16-mixed", "cpu") == "16-mixed"  # explicit values pass
 
     # a run records the precision it resolved, so its checkpoint says how it was trained
     root = write_tiny_dataset(tmp_path / "data", size=(48, 64), n_views=1, lights=(1,))

@@ -58,6 +58,15 @@ def check_divisible(image: torch.Tensor, factor: int, model: str) -> None:
         raise ValueError(f"{model} needs H and W divisible by {factor}; got H={h}, W={w} (crop or pad first)")
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is in a narrower float (bfloat16/float16 under mixed precision), else as is.
+
+    Disparity regression and the disparity -> depth conversion need it: bfloat16 holds a 1 px disparity to
+    0.004 px and a 1,000 mm depth to 4 mm, coarser than a face's relief in disparity steps.
+    """
+    return x.float() if x.is_floating_point() and x.element_size() < 4 else x
+
+
 def depth_from_disparity(disparity: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Depth (mm) ``Z = a / (d - b)`` via :func:`dpface_lib.geometry.disparity_to_depth`.
 
@@ -71,6 +80,7 @@ def depth_from_disparity(disparity: torch.Tensor, a: torch.Tensor, b: torch.Tens
     """
     from dpface_lib.geometry import disparity_to_depth
 
+    disparity = at_least_float32(disparity)
     depth = disparity_to_depth(disparity, a.to(disparity), b.to(disparity))
     return torch.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0)
 
@@ -114,9 +124,26 @@ def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1, pad: int
     return nn.Sequential(*conv_bn(cin, cout, kernel, stride, pad, dilation), nn.ReLU(inplace=True))
 
 
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that runs in float32 under CPU bfloat16 autocast when the volume is 2 levels deep.
+
+    On the CPU, oneDNN's bfloat16 backward of a 3x3x3 convolution over a (B, C, 2, h, w) volume returns
+    non-finite gradients in some calls (torch 2.14.1 on an AVX512-BF16 CPU: 7-20 of 300 calls; depth 1, 3,
+    4, 5 and float32 never did), which a single training step spreads to every weight. The hourglasses of
+    the ``tiny`` cost-volume models reach exactly that depth (8 levels at 1/4), so this layer leaves
+    autocast there. Same parameters and state-dict keys as ``nn.Conv3d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[2] == 2 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(at_least_float32(x))
+        return super().forward(x)
+
+
 def conv_bn_3d(cin: int, cout: int, kernel=3, stride=1, pad=1) -> nn.Sequential:
-    """Conv3d (no bias) + BatchNorm3d."""
-    return nn.Sequential(nn.Conv3d(cin, cout, kernel, stride, pad, bias=False), nn.BatchNorm3d(cout))
+    """Conv3d (no bias, :class:`Conv3d`) + BatchNorm3d."""
+    return nn.Sequential(Conv3d(cin, cout, kernel, stride, pad, bias=False), nn.BatchNorm3d(cout))
 
 
 def conv_bn_relu_3d(cin: int, cout: int, kernel=3, stride=1, pad=1) -> nn.Sequential:
@@ -259,9 +286,9 @@ def soft_argmin(cost: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         values: (D,) disparity of each bin in px.
 
     Returns:
-        (B, H, W) expected disparity in px.
+        (B, H, W) expected disparity in px (float32 or wider, also under mixed precision).
     """
-    prob = F.softmax(cost, dim=1)
+    prob = F.softmax(at_least_float32(cost), dim=1)
     return (prob * values.view(1, -1, 1, 1).to(prob)).sum(dim=1)
 
 
@@ -406,6 +433,7 @@ def hypothesis_points(
         intrinsics to depth ``Z = a / (D - b)``; 0 where that depth is not finite and positive.
     """
     batch = disparities.shape[0]
+    disparities = at_least_float32(disparities)
     depth = disparity_to_depth(
         disparities, a.reshape(batch, 1, 1, 1).to(disparities), b.reshape(batch, 1, 1, 1).to(disparities)
     )
