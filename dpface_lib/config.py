@@ -169,7 +169,7 @@ def resolve_precision(precision: str | int, accelerator: str = "auto") -> str | 
     ``"auto"`` becomes ``"bf16-mixed"`` where :func:`native_bf16` holds for the device that ``accelerator``
     picks ("auto" picks CUDA when it is available), else ``"32-true"``. Mixed precision keeps the weights,
     the optimiser and the losses in float32 and runs the convolutions in bfloat16: on a CPU with AVX512-BF16
-    a tiny-profile training step of a disparity model takes 0.5-0.75x the float32 time (docs/benchmarks.md).
+    a tiny-profile training step of a disparity model takes 0.65-0.8x the float32 time (docs/benchmarks.md).
     """
     if precision != "auto":
         return precision

@@ -82,6 +82,9 @@ def launcher(tmp_path_factory) -> tuple[Path, Path]:
     config["model"] = {"args": {"channels": 8}}
     for profile in config["profiles"].values():
         profile["model"] = {}
+        # float32: one process and two must agree to 1e-5, which bfloat16 convolutions (`precision: auto` on a
+        # CPU with AVX512-BF16) do not hold
+        profile.setdefault("train", {})["precision"] = "32-true"
     (folder / "plainnet.yaml").write_text(yaml.safe_dump(config))
     script = folder / "launch.py"
     script.write_text(LAUNCHER)
