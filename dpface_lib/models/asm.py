@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dpface_lib.models.blocks import shift_rows
+from dpface_lib.models.blocks import Conv3d, shift_rows
 
 ASM_MODES = ("nearest", "bilinear", "phase")
 
@@ -135,10 +135,10 @@ class MaskingAttention(nn.Module):
         self.enabled = enabled
         if enabled:
             self.score = nn.Sequential(
-                nn.Conv3d(channels, channels, (1, 3, 3), 1, (0, 1, 1), bias=False),
+                Conv3d(channels, channels, (1, 3, 3), 1, (0, 1, 1), bias=False),
                 nn.BatchNorm3d(channels),
                 nn.ReLU(inplace=True),
-                nn.Conv3d(channels, channels, 1, bias=False),
+                Conv3d(channels, channels, 1, bias=False),
                 nn.InstanceNorm3d(channels, affine=True),
             )
 

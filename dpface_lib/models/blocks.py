@@ -128,10 +128,9 @@ class Conv3d(nn.Conv3d):
     """``nn.Conv3d`` that runs in float32 under CPU bfloat16 autocast when the volume is 2 levels deep.
 
     On the CPU, oneDNN's bfloat16 backward of a 3x3x3 convolution over a (B, C, 2, h, w) volume returns
-    non-finite gradients in some calls (torch 2.14.1 on an AVX512-BF16 CPU: 7-20 of 300 calls; depth 1, 3,
-    4, 5 and float32 never did), which a single training step spreads to every weight. The hourglasses of
-    the ``tiny`` cost-volume models reach exactly that depth (8 levels at 1/4), so this layer leaves
-    autocast there. Same parameters and state-dict keys as ``nn.Conv3d``.
+    non-finite gradients in some calls (torch 2.14.1, AVX512-BF16 CPU: 7-20 of 300; never at depth 1, 3, 4, 5
+    or in float32), and one such step spreads NaN to every weight. The ``tiny`` hourglasses reach that depth
+    (8 levels at 1/4); every 3-D conv of the cost-volume models is this class (state dict as nn.Conv3d).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -346,7 +345,7 @@ class StackedHourglass(nn.Module):
         self.dres1 = nn.Sequential(*conv_bn_relu_3d(c, c), *conv_bn_3d(c, c))
         self.hourglasses = nn.ModuleList([Hourglass3d(c) for _ in range(3)])
         self.heads = nn.ModuleList(
-            [nn.Sequential(*conv_bn_relu_3d(c, c), nn.Conv3d(c, 1, 3, 1, 1, bias=False)) for _ in range(3)]
+            [nn.Sequential(*conv_bn_relu_3d(c, c), Conv3d(c, 1, 3, 1, 1, bias=False)) for _ in range(3)]
         )
 
     def forward(self, volume: torch.Tensor) -> list[torch.Tensor]:

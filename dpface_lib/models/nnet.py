@@ -28,6 +28,7 @@ from torch import nn
 
 from dpface_lib.models.blocks import (
     SHIFT_MODES,
+    Conv3d,
     check_divisible,
     concat_cost_volume,
     conv_bn_3d,
@@ -90,7 +91,7 @@ class NNet(nn.Module):
         self.dres = nn.ModuleList(
             [nn.Sequential(*conv_bn_relu_3d(c, c), *conv_bn_3d(c, c)) for _ in range(4)]
         )
-        self.classify = nn.Sequential(*conv_bn_relu_3d(c, c), nn.Conv3d(c, 1, 3, 1, 1, bias=False))
+        self.classify = nn.Sequential(*conv_bn_relu_3d(c, c), Conv3d(c, 1, 3, 1, 1, bias=False))
         self.context = dilated_head(c + 1, (4 * c, 4 * c, 4 * c, 3 * c, 2 * c, c, 1))
         self.wc0 = nn.Sequential(*conv_bn_relu_3d(2 * c + 3, c), *conv_bn_relu_3d(c, c))
         pools = int(math.log2(levels))

@@ -27,6 +27,7 @@ from torch import nn
 
 from dpface_lib.models.blocks import (
     SHIFT_MODES,
+    Conv3d,
     check_divisible,
     conv_bn,
     conv_bn_3d,
@@ -107,7 +108,7 @@ class StereoNet(nn.Module):
         filt: list[nn.Module] = []
         for _ in range(4):
             filt += [*conv_bn_3d(c, c), nn.LeakyReLU(SLOPE)]
-        self.filter = nn.Sequential(*filt, nn.Conv3d(c, 1, 3, 1, 1))
+        self.filter = nn.Sequential(*filt, Conv3d(c, 1, 3, 1, 1))
         self.refine = nn.Sequential(
             *conv_bn(4, c),
             nn.LeakyReLU(SLOPE),

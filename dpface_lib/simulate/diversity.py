@@ -21,7 +21,6 @@ def identity_depth_maps(face_model: str = "ict", persons: int = 20, size: tuple[
     from dpface_lib.geometry import BENCHMARK_OPTICS
     from dpface_lib.simulate import ict_face
     from dpface_lib.simulate.face import sample_person
-    from dpface_lib.simulate.ict_face import load_ict_model
     from dpface_lib.simulate.rig import build_rig
     from dpface_lib.simulate.scene import render_view
 
@@ -33,7 +32,7 @@ def identity_depth_maps(face_model: str = "ict", persons: int = 20, size: tuple[
         rng = np.random.default_rng([seed, person])
         params = sample_person(rng)
         if face_model == "ict":
-            params["identity"] = load_ict_model().sample_identity(rng)
+            params["identity"] = ict_face.load_ict_model().sample_identity(rng)
         view = render_view(model, params, "neutral", "forward", "front", camera, np.zeros(4))
         depths.append(view.depth.astype(np.float64))
         masks.append(view.mask)
