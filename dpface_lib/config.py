@@ -33,6 +33,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "batch_size": 4,
         "eval_batch_size": 2,
         "num_workers": 0,
+        "pack": False,                  # read decoded views from a dpface_lib.pack (built on first use)
         "crop": {"mode": "random", "size": None, "ratio": 0.75, "multiple": 96},
         "eval_crop": {"mode": "center", "size": None, "ratio": 1.0, "multiple": 96},
         "photometric": {"lighting": None, "brightness": None, "contrast": None, "gamma": None},

@@ -180,22 +180,8 @@ def index(
                         exc if isinstance(exc, DatasetError) else DatasetError(f"{json_path}: {exc}")
                     ) from exc
                 skipped.append((str(json_path), str(exc)))
-    columns = [
-        "group",
-        "person",
-        "gender",
-        "camidx",
-        "lightidx",
-        "viewidx",
-        "expression",
-        "position",
-        "direction",
-        "valid",
-        "sample_id",
-        "json",
-        *IMAGE_KEYS,
-        *ARRAY_KEYS,
-    ]
+    columns = ["group", "person", "gender", "camidx", "lightidx", "viewidx", "expression", "position",
+               "direction", "valid", "sample_id", "json", *IMAGE_KEYS, *ARRAY_KEYS]
     frame = pd.DataFrame(rows, columns=columns)
     keys = ["group", "camidx", "viewidx", "lightidx"]
     twice = frame[frame.duplicated(keys, keep=False)]
@@ -250,10 +236,28 @@ def read_sample(
     ``CALIBRATION/Disp2Depth.npy``; the table last (:func:`dpface_lib.layout.select_ab`).
     """
     json_path = Path(json_path)
-    root = Path(root) if root is not None else _root_of(json_path)
+    return assemble_sample(json_path, read_files(json_path, Path(root) if root is not None
+                                                 else _root_of(json_path)), ab_source)
+
+
+def read_files(json_path: Path, root: Path) -> dict[str, Any]:
+    """The undigested content of one view: ``record`` (its JSON), ``meta`` (its :func:`index` row) and the
+    arrays as :func:`dpface_lib.layout.load_image` / ``load_npy`` return them (``mask`` None when the JSON
+    names none). :func:`assemble_sample` checks and digests them; :mod:`dpface_lib.pack` stores them."""
     record = read_json_record(json_path)
     meta = _json_row(root, json_path, record)
-    images = {key: load_image(Path(meta[key])) for key in IMAGE_KEYS}
+    return {
+        "record": record,
+        "meta": meta,
+        **{key: load_image(Path(meta[key])) for key in IMAGE_KEYS},
+        **{key: None if meta[key] is None else load_npy(Path(meta[key])) for key in ARRAY_KEYS},
+    }
+
+
+def assemble_sample(json_path: Path, raw: dict[str, Any], ab_source: str = "auto") -> dict[str, Any]:
+    """:func:`read_sample` from :func:`read_files`'s output: every consistency check, then the digest."""
+    record, meta = raw["record"], raw["meta"]
+    images = {key: raw[key] for key in IMAGE_KEYS}
     height, width = images["left"].shape[:2]
     for key in ("right", "lrsum"):
         if images[key].shape[:2] != (height, width):
@@ -267,26 +271,26 @@ def read_sample(
         if array.shape != expected:
             raise DatasetError(f"{path}: shape {array.shape} disagrees with the images (expected {expected})")
 
-    depth = load_npy(Path(meta["depth"])).astype(np.float32)
+    depth = raw["depth"].astype(np.float32)
     check(meta["depth"], depth, None)
     if not np.all(np.isfinite(depth)):
         bad = int((~np.isfinite(depth)).sum())
         raise DatasetError(f"{meta['depth']}: depth holds {bad} NaN/inf value(s); use 0 for missing depth")
     valid_depth = depth > 0
     if meta["mask"] is not None:
-        mask_raw = load_npy(Path(meta["mask"]))
+        mask_raw = raw["mask"]
         check(meta["mask"], mask_raw, None)
         mask = (mask_raw != 0) & valid_depth  # any non-zero value is the face (docs/dataset_layout.md)
     else:
         mask = valid_depth
-    normal = load_npy(Path(meta["normal"])).astype(np.float32)
+    normal = raw["normal"].astype(np.float32)
     check(meta["normal"], normal, 3)
     normal = np.where(mask[..., None], normal, 0.0).astype(np.float32)
     if not np.all(np.isfinite(normal)):
         raise DatasetError(f"{meta['normal']}: normals hold NaN/inf inside the mask")
     norm = np.linalg.norm(normal, axis=-1, keepdims=True)
     normal = np.divide(normal, norm, out=np.zeros_like(normal), where=norm > 1e-6)
-    albedo = load_npy(Path(meta["albedo"])).astype(np.float32)
+    albedo = raw["albedo"].astype(np.float32)
     check(meta["albedo"], albedo, 3)
     if not np.all(np.isfinite(albedo)):
         raise DatasetError(f"{meta['albedo']}: albedo holds NaN/inf")
@@ -382,6 +386,8 @@ class FaceDPDataset(Dataset):
     ``skip_bad=True`` reads every sample once at construction (JSON, images, arrays, consistency checks),
     keeps the good ones and lists the others in ``self.skipped`` as ``(json path, reason)``, with one
     summary warning; ``skip_bad=False`` raises :class:`DatasetError` on the first bad sample when it is read.
+    ``reader`` (json path -> :func:`read_files` dict, e.g. a :class:`dpface_lib.pack.Pack`) replaces the file
+    reads; every check of :func:`assemble_sample` still runs on what it returns.
     """
 
     def __init__(
@@ -392,9 +398,11 @@ class FaceDPDataset(Dataset):
         *,
         skip_bad: bool = False,
         ab_source: str = "auto",
+        reader: Callable[[str], dict[str, Any]] | None = None,
         **filters: Any,
     ) -> None:
         self.root = Path(root)
+        self.reader = reader
         self.split = split
         self.transform = transform
         self.ab_source = ab_source
@@ -428,8 +436,10 @@ class FaceDPDataset(Dataset):
         if not -len(self) <= i < len(self):
             raise IndexError(f"sample {i} out of range for {len(self)} samples")
         i = i % len(self)
+        json_path = self.frame.at[i, "json"]
         sample = sample_to_tensors(
-            read_sample(self.frame.at[i, "json"], root=self.root, ab_source=self.ab_source)
+            read_sample(json_path, root=self.root, ab_source=self.ab_source) if self.reader is None
+            else assemble_sample(Path(json_path), self.reader(json_path), self.ab_source)
         )
         return self.transform(sample) if self.transform is not None else sample
 

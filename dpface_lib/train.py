@@ -59,6 +59,18 @@ from dpface_lib.transforms import build_transform
 
 __all__ = ["DPFaceDataModule", "DPFaceModule", "cli", "train_model"]
 
+def _pack_or_none(root: Path, frame: Any, split: str) -> Any:
+    """The split's :class:`dpface_lib.pack.Pack`, or None (file reads) with a warning when it cannot be
+    packed (views of different sizes or kinds)."""
+    from dpface_lib.pack import PackError, open_pack
+
+    try:
+        return open_pack(root, frame, label=split)
+    except PackError as exc:
+        warnings.warn(f"data.pack: {exc}; reading the files instead", stacklevel=2)
+        return None
+
+
 class DPFaceDataModule(pl.LightningDataModule):
     """Train / validation / test loaders over :class:`dpface_lib.data.FaceDPDataset` (``data:`` config)."""
 
@@ -73,6 +85,8 @@ class DPFaceDataModule(pl.LightningDataModule):
 
         filters = {"lights": self.cfg["lights"]} if self.cfg["lights"] else {}
         base = FaceDPDataset(self.root, split, **filters)
+        if self.cfg["pack"]:
+            base.reader = _pack_or_none(self.root, base.frame, split)
         return SeededSamples(base, build_transform(self.cfg, train))
 
     def setup(self, stage: str | None = None) -> None:

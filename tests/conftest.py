@@ -187,6 +187,19 @@ def tiny_dataset(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _packs_in_a_temporary_folder(tmp_path_factory):
+    """Training runs of the tests build their data packs (dpface_lib.pack) outside the repository. (Not
+    via ``monkeypatch``: requesting it here would undo a test's ``monkeypatch.chdir`` only after the
+    working-directory check below.)"""
+    from dpface_lib import pack
+
+    before = pack.DEFAULT_PACK_DIR
+    pack.DEFAULT_PACK_DIR = tmp_path_factory.getbasetemp() / "packs"
+    yield
+    pack.DEFAULT_PACK_DIR = before
+
+
+@pytest.fixture(autouse=True)
 def _working_directory_is_left_alone():
     """A test that changes the working directory must undo it (use ``monkeypatch.chdir``): later tests
     and the notebook runner resolve relative paths from it."""
