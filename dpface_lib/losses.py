@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from dpface_lib.geometry import unit_vectors
+
 __all__ = [
     "affine_invariant_l1", "affine_align", "cosine_normal_loss", "model_loss", "silog_loss",
     "smooth_l1_disparity",
@@ -186,7 +188,7 @@ def cosine_normal_loss(
     mask = _check_mask(mask, (pred.shape[0], *pred.shape[2:]), "cosine_normal_loss")
     if not mask.any():
         return _zero_like(pred)
-    cos = (F.normalize(pred, dim=1, eps=eps) * F.normalize(gt, dim=1, eps=eps)).sum(dim=1).clamp(-1.0, 1.0)
+    cos = (unit_vectors(pred, dim=1, eps=eps) * unit_vectors(gt, dim=1, eps=eps)).sum(dim=1).clamp(-1.0, 1.0)
     return (1.0 - cos[mask]).mean()
 
 

@@ -436,3 +436,26 @@ def test_intrinsics_vector_round_trip() -> None:
     np.testing.assert_array_equal(geo.intrinsics_from_vector(vector[:5]), K)
     with pytest.raises(ValueError, match="needs"):
         geo.intrinsics_from_vector([1.0, 2.0])
+
+
+@pytest.mark.parametrize("dim", [1, -1, 0])
+def test_unit_vectors_match_f_normalize_in_value_and_gradient(dim: int) -> None:
+    torch.manual_seed(0)
+    v = torch.randn(4, 3, 5, 6, dtype=torch.float64)
+    v[0, :, 0, 0] = 0.0      # zero vectors (a masked pixel) and tiny ones below eps
+    v[1, :, 1, 1] = 1e-9
+    eps = 1e-6
+    mine = v.clone().requires_grad_(True)
+    ref = v.clone().requires_grad_(True)
+    out = geo.unit_vectors(mine, dim=dim, eps=eps)
+    expected = torch.nn.functional.normalize(ref, dim=dim, eps=eps)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-15)
+    weight = torch.randn_like(v)
+    (out * weight).sum().backward()
+    (expected * weight).sum().backward()
+    torch.testing.assert_close(mine.grad, ref.grad, rtol=1e-10, atol=1e-12)
+    assert torch.isfinite(mine.grad).all()
+    lengths = out.square().sum(dim).sqrt()
+    assert torch.allclose(lengths[lengths > 0.5], torch.ones((), dtype=torch.float64), atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: geo.unit_vectors(x, dim=dim, eps=eps),
+                                    (torch.randn(2, 3, 2, 2, dtype=torch.float64, requires_grad=True),))

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dpface_lib.geometry import unit_vectors
 from dpface_lib.models.blocks import conv_bn_relu_3d, coordinate_volume, dilated_head
 
 __all__ = ["AdaptiveNormalModule", "select_hypotheses"]
@@ -145,5 +146,5 @@ class AdaptiveNormalModule(nn.Module):
         if self.squash:
             slices = torch.sigmoid(slices) * 2.0 - 1.0
         normal = slices.reshape(batch, k, 3, 4 * h, 4 * w).mean(dim=1)
-        normal = F.normalize(normal, dim=1, eps=1e-6)
+        normal = unit_vectors(normal, dim=1, eps=1e-6)
         return {"normal": normal, "hypotheses": hypotheses, "coordinates": coordinates, "offsets": offsets}

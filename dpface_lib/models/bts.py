@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from dpface_lib.geometry import unit_vectors
 from dpface_lib.models.blocks import check_divisible, imagenet_normalize, require_keys
 
 ENCODERS = {
@@ -83,7 +84,7 @@ def plane_coefficients(raw: torch.Tensor, max_depth: float) -> torch.Tensor:
     phi = torch.sigmoid(raw[:, 1]) * math.pi * 2
     dist = torch.sigmoid(raw[:, 2]) * max_depth
     n = torch.stack([theta.sin() * phi.cos(), theta.sin() * phi.sin(), theta.cos()], dim=1)
-    return torch.cat([F.normalize(n, dim=1), dist.unsqueeze(1)], dim=1)
+    return torch.cat([unit_vectors(n, dim=1), dist.unsqueeze(1)], dim=1)
 
 
 def local_planar_guidance(plane: torch.Tensor, ratio: int) -> torch.Tensor:

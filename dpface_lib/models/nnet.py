@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dpface_lib.geometry import unit_vectors
 from dpface_lib.models.blocks import (
     SHIFT_MODES,
     Conv3d,
@@ -133,5 +134,5 @@ class NNet(nn.Module):
         normal = self.normal_head(n)
         normal = F.interpolate(normal, size=size, mode="bilinear", align_corners=True)
         out = disparity_outputs([refined, unrefined], batch)
-        out["normal"] = F.normalize(normal, dim=1, eps=1e-6)
+        out["normal"] = unit_vectors(normal, dim=1, eps=1e-6)
         return out
