@@ -41,7 +41,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {
         "optimizer": {"name": "adam", "lr": 1.0e-4, "betas": [0.9, 0.999], "eps": 1.0e-5, "weight_decay": 0.0,
                       "momentum": 0.9},
-        "scheduler": {"name": "step", "step_size": 35, "gamma": 0.5, "interval": "epoch", "eta_min": 0.0},
+        "scheduler": {"name": "step", "step_size": 35, "gamma": 0.5, "interval": "epoch", "eta_min": 0.0,
+                      "warmup_steps": 0},
         "max_epochs": 75,
         "max_steps": -1,
         "loss_lambdas": None,           # {term: lambda} over the model's own loss_terms

@@ -149,12 +149,17 @@ class DPFaceDataModule(pl.LightningDataModule):
 # ------------------------------------------------------------------------------------------------ module
 def _lr_lambda(cfg: Mapping[str, Any], steps_per_epoch: int, total_steps: int, base_lr: float):
     """Multiplier of the base learning rate after ``step`` optimiser steps (a pure function of the step, so a
-    resumed run follows the same schedule). With ``interval: epoch`` the schedule moves only at epoch ends."""
+    resumed run follows the same schedule). With ``interval: epoch`` the schedule moves only at epoch ends;
+    ``warmup_steps`` > 0 ramps the multiplier linearly from 1/warmup over the first optimiser steps."""
     name, gamma, step_size = cfg["name"], float(cfg["gamma"]), max(1, int(cfg["step_size"]))
+    warmup = int(cfg["warmup_steps"])
     per_epoch = cfg["interval"] == "epoch"
     floor = float(cfg["eta_min"]) / base_lr if base_lr > 0 else 0.0
 
     def factor(step: int) -> float:
+        return min(1.0, (step + 1) / warmup) * scheduled(step) if warmup > 0 else scheduled(step)
+
+    def scheduled(step: int) -> float:
         t = step // steps_per_epoch if per_epoch else step
         if name == "step":
             return gamma ** (t // step_size)

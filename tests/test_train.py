@@ -70,7 +70,8 @@ def test_config_file_errors_name_the_file(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_step_schedule_equals_per_epoch_steplr() -> None:
     """The step-indexed schedule reproduces torch's StepLR stepped once per epoch (the benchmark's)."""
-    cfg = {"name": "step", "step_size": 35, "gamma": 0.5, "interval": "epoch", "eta_min": 0.0}
+    cfg = {"name": "step", "step_size": 35, "gamma": 0.5, "interval": "epoch", "eta_min": 0.0,
+           "warmup_steps": 0}
     steps_per_epoch = 7
     factor = train._lr_lambda(cfg, steps_per_epoch, 75 * steps_per_epoch, 1e-4)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-4)
@@ -82,6 +83,17 @@ def test_step_schedule_equals_per_epoch_steplr() -> None:
         oracle.step()
     cosine = train._lr_lambda({**cfg, "name": "cosine", "interval": "step", "eta_min": 1e-5}, 1, 100, 1e-4)
     assert cosine(0) == 1.0 and math.isclose(cosine(100), 0.1) and math.isclose(cosine(50), 0.55)
+
+
+def test_warmup_ramps_linearly_into_the_schedule() -> None:
+    """warmup_steps = W multiplies the schedule by (step + 1) / W over the first W steps, then leaves it."""
+    base = {"name": "cosine", "step_size": 1, "gamma": 0.5, "interval": "step", "eta_min": 1e-5}
+    plain = train._lr_lambda({**base, "warmup_steps": 0}, 1, 100, 1e-4)
+    warm = train._lr_lambda({**base, "warmup_steps": 10}, 1, 100, 1e-4)
+    for step in range(100):
+        ramp = min(1.0, (step + 1) / 10)
+        assert math.isclose(warm(step), ramp * plain(step), rel_tol=1e-12), step
+    assert math.isclose(warm(0), 0.1 * plain(0)) and warm(9) == plain(9) and warm(60) == plain(60)
 
 
 # ------------------------------------------------------------------------------------------------ data order
