@@ -148,18 +148,26 @@ def _build(root: Path, jsons: list[str], label: str, folder: Path, progress: boo
         for array in arrays.values():
             array.flush()
         arrays.clear()
-        manifest = {"format": _FORMAT, "root": str(root), "label": label, "image_scale": scale,
+        manifest = {"format": _FORMAT, "root": str(root), "label": label, "selection": _selection(jsons),
+                    "image_scale": scale,
                     "views": views}
         atomic_write_bytes(tmp / "manifest.json", json.dumps(manifest).encode())
 
 
-def _prune(pack_dir: Path, root: Path, label: str) -> None:
-    """Delete the packs that can never be read again: earlier packs of the same views under ``root`` (their
-    files have changed since) and packs of roots that no longer exist."""
+def _selection(jsons: list[str]) -> str:
+    """Names a list of views independently of their files' content."""
+    return hashlib.sha256("\n".join(jsons).encode()).hexdigest()[:16]
+
+
+def _prune(pack_dir: Path, root: Path, jsons: list[str]) -> None:
+    """Delete the packs that can never be read again: earlier packs of the same views (their files have
+    changed since) and packs of dataset roots that no longer exist. Packs of other selections of the same
+    root (another split, other filters) stay."""
+    selection = _selection(jsons)
     for manifest in pack_dir.glob("*/manifest.json"):
         try:
             facts = json.loads(manifest.read_text())
-            same_views = facts["root"] == str(root) and facts["label"] == label
+            same_views = facts["root"] == str(root) and facts.get("selection") == selection
             stale = same_views or not Path(facts["root"]).is_dir()
         except (OSError, ValueError, KeyError):
             continue
@@ -188,6 +196,7 @@ def open_pack(root: str | os.PathLike, frame: pd.DataFrame, *, label: str = "vie
     if not (folder / "manifest.json").is_file():
         if not build:
             return None
-        _prune(folder.parent, root, label)
-        _build(root, list(frame["json"]), label, folder, progress)
+        jsons = list(frame["json"])
+        _prune(folder.parent, root, jsons)
+        _build(root, jsons, label, folder, progress)
     return Pack(folder)

@@ -145,10 +145,12 @@ def test_a_rebuilt_pack_replaces_the_stale_one(tiny_dataset: Path, tmp_path: Pat
     dataset = FaceDPDataset(tiny_dataset, "test")
     other = open_pack(tiny_dataset, FaceDPDataset(tiny_dataset, "train").frame, label="train",
                       pack_dir=tmp_path, progress=False)
+    subset = open_pack(tiny_dataset, dataset.frame.iloc[:2], label="test", pack_dir=tmp_path, progress=False)
     first = open_pack(tiny_dataset, dataset.frame, label="test", pack_dir=tmp_path, progress=False)
-    os.utime(dataset.frame.at[0, "albedo"], ns=(2, 2))
+    os.utime(dataset.frame.at[3, "albedo"], ns=(2, 2))
     second = open_pack(tiny_dataset, dataset.frame, label="test", pack_dir=tmp_path, progress=False)
-    assert not first.folder.exists() and second.folder.is_dir() and other.folder.is_dir()
+    assert not first.folder.exists() and second.folder.is_dir()
+    assert other.folder.is_dir() and subset.folder.is_dir()   # other selections of the same root stay
 
 
 def test_pack_key_names_the_views(tiny_dataset: Path) -> None:
