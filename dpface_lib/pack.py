@@ -95,8 +95,16 @@ class Pack:
 
     def _array(self, key: str) -> np.ndarray:
         if self._arrays is None:
-            self._arrays = {key: np.load(self.folder / f"{key}.npy", mmap_mode="r", allow_pickle=False)
-                            for key in _KEYS if (self.folder / f"{key}.npy").is_file()}
+            self._arrays = {}
+            for name in _KEYS:
+                path = self.folder / f"{name}.npy"
+                if not path.is_file():
+                    continue
+                try:
+                    self._arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+                except (OSError, ValueError) as exc:
+                    raise DatasetError(f"{path}: unreadable pack array ({exc}); delete {self.folder} and it "
+                                       "is rebuilt on next use") from exc
         return self._arrays[key]
 
     def __call__(self, json_path: str) -> dict[str, Any]:

@@ -160,3 +160,11 @@ def test_pack_key_names_the_views(tiny_dataset: Path) -> None:
     with pytest.raises(DatasetError, match="not in the pack"):
         open_pack(tiny_dataset, frame.iloc[:-1], pack_dir=tiny_dataset.parent / "p", progress=False)(
             frame.at[len(frame) - 1, "json"])
+
+
+def test_a_damaged_pack_names_its_file(tiny_dataset: Path, tmp_path: Path) -> None:
+    frame = FaceDPDataset(tiny_dataset, "test").frame
+    packed = open_pack(tiny_dataset, frame, pack_dir=tmp_path / "packs", progress=False)
+    (packed.folder / "depth.npy").write_bytes(b"\x93NUMPY truncated")
+    with pytest.raises(DatasetError, match=r"depth\.npy: unreadable pack array .*delete"):
+        pack.Pack(packed.folder)(frame.at[0, "json"])
