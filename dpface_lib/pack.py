@@ -2,7 +2,7 @@
 
 Reading a view from the benchmark layout decodes three PNGs, loads four ``.npy`` files, parses its JSON
 and resolves eight paths inside the dataset root: about 5-7 ms a sample on one CPU core, which is 40-50 ms
-of every batch of 8 and a fifth of a small model's training step (``benchmarks/bench_data_loading.py``).
+of every batch of 8 and a fifth of a small model's training step (``benchmarks/bench_data.py``).
 A pack holds the same content already decoded, one array per file kind with one row per view, and reads
 a view in well under a millisecond.
 
