@@ -386,8 +386,9 @@ class FaceDPDataset(Dataset):
     ``skip_bad=True`` reads every sample once at construction (JSON, images, arrays, consistency checks),
     keeps the good ones and lists the others in ``self.skipped`` as ``(json path, reason)``, with one
     summary warning; ``skip_bad=False`` raises :class:`DatasetError` on the first bad sample when it is read.
-    ``reader`` (json path -> :func:`read_files` dict, e.g. a :class:`dpface_lib.pack.Pack`) replaces the file
-    reads; every check of :func:`assemble_sample` still runs on what it returns.
+    Setting ``self.reader`` (json path -> :func:`read_files` dict, e.g. a :class:`dpface_lib.pack.Pack` of
+    ``self.frame``) replaces the file reads of ``__getitem__``; every check of :func:`assemble_sample` still
+    runs on what it returns.
     """
 
     def __init__(
@@ -398,11 +399,10 @@ class FaceDPDataset(Dataset):
         *,
         skip_bad: bool = False,
         ab_source: str = "auto",
-        reader: Callable[[str], dict[str, Any]] | None = None,
         **filters: Any,
     ) -> None:
         self.root = Path(root)
-        self.reader = reader
+        self.reader: Callable[[str], dict[str, Any]] | None = None
         self.split = split
         self.transform = transform
         self.ab_source = ab_source
