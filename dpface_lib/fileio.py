@@ -104,6 +104,29 @@ def atomic_folder(out: str | os.PathLike, *, overwrite: bool = False) -> Iterato
         raise
 
 
+@contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the duration of the block.
+
+    Processes that build the same cached output (e.g. two training runs opening one data pack) take this
+    lock around "check, then build", so one builds and the others then find the result. POSIX ``flock``;
+    where the platform has none the block runs unlocked.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            yield
+            return
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def encode_png(array: np.ndarray) -> bytes:
     """PNG bytes of a uint8 or uint16 image ``(H, W)``, ``(H, W, 1|2|3|4)`` (grey, grey+alpha, RGB, RGBA).
 

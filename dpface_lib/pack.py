@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from dpface_lib import REPO_ROOT
 from dpface_lib.data import read_files
-from dpface_lib.fileio import atomic_folder, atomic_write_bytes
+from dpface_lib.fileio import atomic_folder, atomic_write_bytes, exclusive_lock
 from dpface_lib.layout import ARRAY_KEYS, IMAGE_KEYS, DatasetError
 
 __all__ = ["DEFAULT_PACK_DIR", "Pack", "PackError", "open_pack", "pack_key"]
@@ -204,7 +204,9 @@ def open_pack(root: str | os.PathLike, frame: pd.DataFrame, *, label: str = "vie
     if not (folder / "manifest.json").is_file():
         if not build:
             return None
-        jsons = list(frame["json"])
-        _prune(folder.parent, root, jsons)
-        _build(root, jsons, label, folder, progress)
+        with exclusive_lock(folder.parent / ".build.lock"):   # concurrent runs: one builds, the rest reuse
+            if not (folder / "manifest.json").is_file():
+                jsons = list(frame["json"])
+                _prune(folder.parent, root, jsons)
+                _build(root, jsons, label, folder, progress)
     return Pack(folder)

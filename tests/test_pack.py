@@ -17,6 +17,11 @@ from dpface_lib.pack import PackError, open_pack, pack_key
 from dpface_lib.train import DPFaceDataModule
 
 
+def leftovers(packs: Path) -> list[str]:
+    """What a pack folder holds besides its build lock (which stays, empty, as lock files do)."""
+    return sorted(p.name for p in packs.glob("*") if p.name != ".build.lock") if packs.exists() else []
+
+
 def assert_same_items(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key, value in a.items():
@@ -102,7 +107,7 @@ def test_views_of_different_sizes_are_refused_and_training_reads_the_files(
         Image.fromarray(np.pad(image, ((0, 2), (0, 0), (0, 0)))).save(last[key], format="JPEG")
     with pytest.raises(PackError, match=r"sim_group001/.*\(26, 32\) unlike the split's first view"):
         open_pack(tiny_dataset, frame, pack_dir=packs, progress=False)
-    assert not packs.exists() or not any(packs.iterdir())   # nothing half-built is left
+    assert leftovers(packs) == []   # nothing half-built is left
     monkeypatch.setattr(pack, "DEFAULT_PACK_DIR", packs)
     cfg = training_config("dpnet", "tiny")["data"]
     module = DPFaceDataModule(tiny_dataset, {**cfg, "val_subset": None}, seed=0)
@@ -127,7 +132,7 @@ def test_an_interrupted_build_leaves_nothing(tiny_dataset: Path, tmp_path: Path,
     monkeypatch.setattr(pack, "read_files", failing)
     with pytest.raises(KeyboardInterrupt):
         open_pack(tiny_dataset, frame, pack_dir=packs, progress=False)
-    assert not packs.exists() or not any(packs.iterdir())
+    assert leftovers(packs) == []
     monkeypatch.setattr(pack, "read_files", real)
     assert len(open_pack(tiny_dataset, frame, pack_dir=packs, progress=False)) == len(frame)
 
@@ -168,3 +173,35 @@ def test_a_damaged_pack_names_its_file(tiny_dataset: Path, tmp_path: Path) -> No
     (packed.folder / "depth.npy").write_bytes(b"\x93NUMPY truncated")
     with pytest.raises(DatasetError, match=r"depth\.npy: unreadable pack array .*delete"):
         pack.Pack(packed.folder)(frame.at[0, "json"])
+
+
+def _open_in_child(root: Path, pack_dir: Path, queue) -> None:
+    frame = FaceDPDataset(root, "test").frame
+    queue.put(str(open_pack(root, frame, label="test", pack_dir=pack_dir, progress=False).folder))
+
+
+def test_a_run_that_waits_on_another_build_reuses_it(tiny_dataset: Path, tmp_path: Path) -> None:
+    """While one process holds the build lock, a second open waits, then finds the pack and does not rebuild
+    it (without the lock both would build, and one would replace the folder the other had just opened)."""
+    import multiprocessing
+
+    from dpface_lib.fileio import exclusive_lock
+
+    frame = FaceDPDataset(tiny_dataset, "test").frame
+    packs = tmp_path / "packs"
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    with exclusive_lock(packs / ".build.lock"):
+        child = context.Process(target=_open_in_child, args=(tiny_dataset, packs, queue))
+        child.start()
+        child.join(timeout=1.0)
+        assert child.is_alive()                                   # blocked on the lock, nothing built
+        assert not list(packs.glob("test-*"))
+        folder = packs / f"test-{pack_key(tiny_dataset.resolve(), frame)}"
+        pack._build(tiny_dataset.resolve(), list(frame["json"]), "test", folder, progress=False)
+        built = (folder / "manifest.json").stat().st_mtime_ns
+    assert queue.get(timeout=60) == str(folder)
+    child.join(timeout=10)
+    assert child.exitcode == 0
+    assert (folder / "manifest.json").stat().st_mtime_ns == built   # reused, not rebuilt
+    assert leftovers(packs) == [folder.name]
