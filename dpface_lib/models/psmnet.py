@@ -24,7 +24,6 @@ from torch import nn
 from dpface_lib.models.blocks import (
     SHIFT_MODES,
     ResidualBlock,
-    StackedHourglass,
     check_divisible,
     concat_cost_volume,
     conv_bn_relu,
@@ -36,6 +35,7 @@ from dpface_lib.models.blocks import (
     regress_volume,
     require_keys,
 )
+from dpface_lib.models.hourglass import StackedHourglass
 
 
 def _layer(cin: int, cout: int, blocks: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:

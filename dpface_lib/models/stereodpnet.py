@@ -35,7 +35,6 @@ from torchvision.ops import FeaturePyramidNetwork
 from dpface_lib.models.anm import AdaptiveNormalModule
 from dpface_lib.models.asm import ASM_MODES, AdaptiveSamplingVolume
 from dpface_lib.models.blocks import (
-    StackedHourglass,
     check_divisible,
     conv_bn,
     conv_bn_relu,
@@ -47,6 +46,7 @@ from dpface_lib.models.blocks import (
     require_keys,
     soft_argmin,
 )
+from dpface_lib.models.hourglass import StackedHourglass
 from dpface_lib.models.resample import upsample_volume
 
 __all__ = ["DPBlock", "DPFeatures", "StereoDPNet"]
