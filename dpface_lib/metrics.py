@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dpface_lib.ranks import pixel_order_ranks, weighted_midranks, weighted_pearson
+
 __all__ = [
     "AFFINE_KEYS", "DEPTH_KEYS", "DEPTH_RANGE_MM", "DESCRIPTOR_KEYS", "METRIC_KEYS", "NORMAL_KEYS",
     "SPEARMAN_CONVENTIONS", "EvaluationError", "affine_invariant_metrics", "batch_metrics", "depth_metrics",
@@ -176,11 +178,12 @@ def _affine_sample(x_all: torch.Tensor, y_all: torch.Tensor, w_all: torch.Tensor
         irls = 1.0 / residual.clamp_min(IRLS_EPS)
     ai1 = (w * residual).sum() / sw
     if spearman == "reference":
-        rank_x, rank_neg_x = _pixel_order_ranks(x_all, both_directions=True)
-        rank_y = _pixel_order_ranks(y_all)[0]
-        rho = torch.maximum(_pearson(rank_x, rank_y, w_all), _pearson(rank_neg_x, rank_y, w_all))
+        rank_x, rank_neg_x = pixel_order_ranks(x_all, both_directions=True)
+        rank_y = pixel_order_ranks(y_all)[0]
+        rho = torch.maximum(weighted_pearson(rank_x, rank_y, w_all),
+                            weighted_pearson(rank_neg_x, rank_y, w_all))
     else:
-        rho = _pearson(_weighted_midranks(x, w), _weighted_midranks(y, w), w).abs()
+        rho = weighted_pearson(weighted_midranks(x, w), weighted_midranks(y, w), w).abs()
     return {"ai1": ai1, "ai2": ai2, "spearman": 1.0 - rho.clamp(-1.0, 1.0)}
 
 
@@ -216,60 +219,6 @@ def _wls_fit(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.T
     constant = vxx <= REL_DEGENERATE * sw * mx * mx + _TINY
     s = torch.where(constant, 0.0, vxy / torch.where(constant, 1.0, vxx))
     return s, my - s * mx
-
-
-def _pixel_order_ranks(v: torch.Tensor, both_directions: bool = False) -> list[torch.Tensor]:
-    """Reference-convention ranks from one stable sort of the float32 values: ``rank(v)`` and, if asked,
-    ``rank(-v)`` (a tie group at sorted positions [start, end) moves to [n - end, n - start), still in pixel
-    order), each rescaled to (rank - n//2) / (n//2)."""
-    n = v.numel()
-    ordered, order = torch.sort(_sort_key(v.to(torch.float32)), stable=True)
-    position = torch.arange(n, device=v.device)
-    ranks = [torch.empty_like(position).scatter_(0, order, position)]
-    if both_directions:
-        first = torch.ones(n, dtype=torch.bool, device=v.device)
-        first[1:] = ordered[1:] != ordered[:-1]
-        last = torch.ones_like(first)
-        last[:-1] = first[1:]
-        start = torch.where(first, position, 0).cummax(0).values
-        end = torch.where(last, position + 1, n).flip(0).cummin(0).values.flip(0)
-        ranks.append(torch.empty_like(position).scatter_(0, order, n - end + position - start))
-    half = max(n // 2, 1)
-    return [(r - n // 2).to(torch.float64) / half for r in ranks]
-
-
-def _sort_key(v: torch.Tensor) -> torch.Tensor:
-    """Integers in the order of the float values (float32 -> int32, float64 -> int64; NaN = +inf, -0.0 = 0.0),
-    which torch sorts by radix on the CPU, about 20x faster than the floats: IEEE bits as signed integers
-    order the positive values; flipping the magnitude bits of the negative ones reverses theirs."""
-    int_type, magnitude = (torch.int32, 0x7FFFFFFF) if v.dtype == torch.float32 else (torch.int64, 2**63 - 1)
-    bits = (torch.nan_to_num(v, nan=float("inf")) + 0.0).view(int_type)
-    return torch.where(bits < 0, bits ^ magnitude, bits)
-
-
-def _weighted_midranks(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Rank in [0, 1] of each of the (N,) values: (weight below + half the weight of its tie group) / sum w,
-    from one sort, a segment sum over tie groups and a scatter."""
-    ordered, order = torch.sort(_sort_key(v), stable=True)
-    w_sorted = w[order]
-    first = torch.ones_like(ordered, dtype=torch.bool)
-    first[1:] = ordered[1:] != ordered[:-1]
-    group = torch.cumsum(first, 0) - 1
-    group_weight = torch.zeros_like(w_sorted).scatter_add_(0, group, w_sorted)
-    group_start = torch.cumsum(group_weight, 0) - group_weight
-    ranks = torch.empty_like(w_sorted).scatter_(0, order, group_start[group] + 0.5 * group_weight[group])
-    return ranks / w.sum().clamp_min(_TINY)
-
-
-def _pearson(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """w-weighted Pearson correlation of (N,) vectors; 0 when either variance is (near) zero. The ranks it
-    is given are bounded by 1, so the variance threshold is absolute."""
-    sw = w.sum().clamp_min(_TINY)
-    da, db = a - (w * a).sum() / sw, b - (w * b).sum() / sw
-    vaa, vbb = (w * da * da).sum() / sw, (w * db * db).sum() / sw
-    constant = (vaa <= 1e-14) | (vbb <= 1e-14)
-    cov = (w * da * db).sum() / sw
-    return torch.where(constant, 0.0, cov / torch.where(constant, 1.0, vaa * vbb).sqrt())
 
 
 # ------------------------------------------------------------------------------------- depth metrics
