@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a partial file.
+"""Atomic file writes (a reader sees the old file or the complete new one, never a partial file) and a lock
+for cached outputs that concurrent processes may build.
 
 Every writer in the kit (simulator samples, evaluation tables, predictions, the pipeline summary)
 goes through :func:`atomic_write`: the content is written to a temporary name in the destination's
