@@ -106,8 +106,12 @@ def start_dashboard(run_dirs: list[str | os.PathLike], *, data_root: str | os.Pa
     config = {"runs": [str(Path(d).resolve()) for d in run_dirs], "metric": metric,
               "data_root": str(Path(data_root).resolve()) if data_root else None}
     env = {**os.environ, CONFIG_ENV: json.dumps(config)}
+    # Kernels talk over Unix sockets beside their connection files (private temp folder). Over TCP, a kernel
+    # started while another was running (a second tab, a reload) often never answered its first execute
+    # request, probably a port race between kernels, and the page hung at "Executing 1 of 2".
     argv = [sys.executable, "-m", "voila", str(DASHBOARD_NOTEBOOK), "--no-browser", f"--port={port}",
-            "--Voila.port_retries=0", f"--Voila.ip={HOST}", f"--token={token}", "--strip_sources=True"]
+            "--Voila.port_retries=0", f"--Voila.ip={HOST}", f"--token={token}", "--strip_sources=True",
+            "--KernelManager.transport=ipc"]
     return _start(argv, port, token, "/", env, log, timeout)
 
 
