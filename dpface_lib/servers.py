@@ -111,7 +111,7 @@ def start_dashboard(run_dirs: list[str | os.PathLike], *, data_root: str | os.Pa
     # request, probably a port race between kernels, and the page hung at "Executing 1 of 2".
     argv = [sys.executable, "-m", "voila", str(DASHBOARD_NOTEBOOK), "--no-browser", f"--port={port}",
             "--Voila.port_retries=0", f"--Voila.ip={HOST}", f"--token={token}", "--strip_sources=True",
-            "--KernelManager.transport=ipc"]
+            *(["--KernelManager.transport=ipc"] if os.name == "posix" else [])]
     return _start(argv, port, token, "/", env, log, timeout)
 
 
