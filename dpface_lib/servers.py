@@ -124,7 +124,8 @@ def start_lab(root_dir: str | os.PathLike, *, port: int = 0, token: str | None =
     argv = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.ip={HOST}",
             f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
             f"--ServerApp.root_dir={Path(root_dir).resolve()}", "--LabApp.news_url=None",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            *(["--KernelManager.transport=ipc"] if os.name == "posix" else [])]   # as for the dashboard
     if running_as_root():
         argv.append("--allow-root")
     return _start(argv, port, token, "/lab", {**os.environ, **(env or {})}, log, timeout)
