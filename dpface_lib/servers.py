@@ -28,6 +28,11 @@ from dpface_lib.dashboard import CONFIG_ENV, find_sources
 
 DASHBOARD_NOTEBOOK = Path(__file__).resolve().parent / "assets" / "dashboard.ipynb"
 HOST = "127.0.0.1"
+#: The dashboard's and the lab's kernels talk over Unix sockets beside their connection files (a private
+#: folder). Over TCP, a kernel started while another was running (a second tab, a reload) often never
+#: answered its first execute request, probably a port race between kernels, and the page hung at
+#: "Executing 1 of 2". Windows has no such transport in jupyter_client.
+KERNEL_TRANSPORT_ARGS = ["--KernelManager.transport=ipc"] if os.name == "posix" else []
 
 
 def free_port() -> int:
@@ -106,12 +111,9 @@ def start_dashboard(run_dirs: list[str | os.PathLike], *, data_root: str | os.Pa
     config = {"runs": [str(Path(d).resolve()) for d in run_dirs], "metric": metric,
               "data_root": str(Path(data_root).resolve()) if data_root else None}
     env = {**os.environ, CONFIG_ENV: json.dumps(config)}
-    # Kernels talk over Unix sockets beside their connection files (private temp folder). Over TCP, a kernel
-    # started while another was running (a second tab, a reload) often never answered its first execute
-    # request, probably a port race between kernels, and the page hung at "Executing 1 of 2".
     argv = [sys.executable, "-m", "voila", str(DASHBOARD_NOTEBOOK), "--no-browser", f"--port={port}",
             "--Voila.port_retries=0", f"--Voila.ip={HOST}", f"--token={token}", "--strip_sources=True",
-            *(["--KernelManager.transport=ipc"] if os.name == "posix" else [])]
+            *KERNEL_TRANSPORT_ARGS]
     return _start(argv, port, token, "/", env, log, timeout)
 
 
@@ -125,7 +127,7 @@ def start_lab(root_dir: str | os.PathLike, *, port: int = 0, token: str | None =
             f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
             f"--ServerApp.root_dir={Path(root_dir).resolve()}", "--LabApp.news_url=None",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-            *(["--KernelManager.transport=ipc"] if os.name == "posix" else [])]   # as for the dashboard
+            *KERNEL_TRANSPORT_ARGS]
     if running_as_root():
         argv.append("--allow-root")
     return _start(argv, port, token, "/lab", {**os.environ, **(env or {})}, log, timeout)
