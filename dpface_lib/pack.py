@@ -35,11 +35,13 @@ from dpface_lib.data import read_files
 from dpface_lib.fileio import atomic_folder, atomic_write_bytes, exclusive_lock
 from dpface_lib.layout import ARRAY_KEYS, IMAGE_KEYS, DatasetError
 
-__all__ = ["DEFAULT_PACK_DIR", "Pack", "PackError", "open_pack", "pack_key"]
+__all__ = ["BUILD_LOCK", "DEFAULT_PACK_DIR", "Pack", "PackError", "open_pack", "pack_key"]
 
 #: Where :func:`open_pack` keeps packs unless told otherwise.
 DEFAULT_PACK_DIR = REPO_ROOT / "runs" / "cache" / "packs"
 _FORMAT = 1
+#: The lock file in the pack folder that concurrent builders take (:func:`dpface_lib.fileio.exclusive_lock`).
+BUILD_LOCK = ".build.lock"
 _KEYS = (*IMAGE_KEYS, *ARRAY_KEYS)
 
 
@@ -204,7 +206,7 @@ def open_pack(root: str | os.PathLike, frame: pd.DataFrame, *, label: str = "vie
     if not (folder / "manifest.json").is_file():
         if not build:
             return None
-        with exclusive_lock(folder.parent / ".build.lock"):   # concurrent runs: one builds, the rest reuse
+        with exclusive_lock(folder.parent / BUILD_LOCK):   # concurrent runs: one builds, the rest reuse
             if not (folder / "manifest.json").is_file():
                 jsons = list(frame["json"])
                 _prune(folder.parent, root, jsons)

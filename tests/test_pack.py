@@ -19,7 +19,7 @@ from dpface_lib.train import DPFaceDataModule
 
 def leftovers(packs: Path) -> list[str]:
     """What a pack folder holds besides its build lock (which stays, empty, as lock files do)."""
-    return sorted(p.name for p in packs.glob("*") if p.name != ".build.lock") if packs.exists() else []
+    return sorted(p.name for p in packs.glob("*") if p.name != pack.BUILD_LOCK) if packs.exists() else []
 
 
 def assert_same_items(a: dict, b: dict) -> None:
@@ -191,7 +191,7 @@ def test_a_run_that_waits_on_another_build_reuses_it(tiny_dataset: Path, tmp_pat
     packs = tmp_path / "packs"
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    with exclusive_lock(packs / ".build.lock"):
+    with exclusive_lock(packs / pack.BUILD_LOCK):
         child = context.Process(target=_open_in_child, args=(tiny_dataset, packs, queue))
         child.start()
         child.join(timeout=1.0)
