@@ -37,7 +37,7 @@ def test_every_model_has_valid_full_and_tiny_training_configs(name: str) -> None
     assert full["data"]["photometric"]["lighting"] == [0.5, 5.0]
     assert full["data"]["batch_size"] == (2 if name in ("psmnet", "dpnet") else 4)
     # the tiny profile is a teaching run of a few CPU minutes with a higher learning rate
-    assert 0 < tiny["train"]["max_steps"] <= 600 and tiny["train"]["optimizer"]["lr"] > 1e-4
+    assert 0 < tiny["train"]["max_steps"] <= 700 and tiny["train"]["optimizer"]["lr"] > 1e-4
 
 
 def test_config_errors_name_the_key() -> None:
@@ -224,9 +224,13 @@ def _tiny_overrides() -> dict:
         "data": {"crop": {"mode": "random", "size": [32, 32], "multiple": 32},
                  "eval_crop": {"mode": "center", "size": [32, 64], "multiple": 32},
                  "photometric": {"lighting": [0.1, 1.0]}, "batch_size": 2, "eval_batch_size": 4},
-        # lr halves every epoch (4 steps): the schedule is exercised across the resume point
+        # lr halves every epoch (4 steps): the schedule is exercised across the resume point. float32: in
+        # bfloat16 two uninterrupted runs already differ in DPNet's coarsest head (its 7x7 conv over a 2x2 map
+        # gets a bf16 weight gradient that is not bitwise reproducible here, even on one thread, and Adam
+        # scales that rounding up to lr-sized steps), so a bitwise comparison of a resumed run needs float32.
         "train": {"optimizer": {"lr": 1e-3}, "scheduler": {"name": "step", "step_size": 1, "gamma": 0.5,
-                                                           "interval": "epoch"}, "log_every_n_steps": 1},
+                                                           "interval": "epoch"}, "log_every_n_steps": 1,
+                  "precision": "32-true"},
     }
 
 
