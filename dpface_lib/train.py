@@ -289,6 +289,19 @@ class DPFaceModule(pl.LightningModule):
         if "rng_states" in checkpoint:
             set_rng_state(checkpoint["rng_states"])
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop at the first non-finite gradient, naming the parameter, before it reaches the weights (the
+        last checkpoint stays the step before). Float16 runs are exempt: their scaler skips such steps."""
+        if str(self.trainer.precision).startswith("16"):
+            return
+        grads = [(name, p.grad) for name, p in self.named_parameters() if p.grad is not None]
+        norms = torch.stack([g.detach().float().norm() for _, g in grads]) if grads else torch.zeros(1)
+        if not bool(torch.isfinite(norms).all()):
+            name = grads[int((~torch.isfinite(norms)).nonzero()[0])][0]
+            raise ValueError(f"training step {self.global_step}: the gradient of {name} is not finite "
+                             f"(precision {self.trainer.precision}); rerun with train.precision=32-true to "
+                             "tell a numerical defect from a diverging learning rate")
+
 
 # --------------------------------------------------------------------------------------------- entry points
 #: Lightning warnings that do not apply here: the CSV log is appended to on resume, the data order is resumed

@@ -310,6 +310,22 @@ def test_cli_trains_and_reports_bad_input(tmp_path: Path, capsys: pytest.Capture
     assert cli([*args, "--resume", str(tmp_path / "none.ckpt")]) == 2
 
 
+def test_a_non_finite_gradient_stops_training_and_names_the_parameter(tmp_path: Path, monkeypatch) -> None:
+    root = write_tiny_dataset(tmp_path / "data", size=(32, 32), n_views=1, lights=(1,))
+    overrides = {**_tiny_overrides(), "data": {"crop": {"size": [32, 32]}, "batch_size": 2}}
+    run = train_model("dpnet", root, tmp_path / "run", "tiny", max_steps=1, config_overrides=overrides,
+                      progress_bar=False)
+    good = load_checkpoint(run["checkpoint"])
+    step = DPFaceModule.training_step
+    monkeypatch.setattr(DPFaceModule, "training_step", lambda self, *a: step(self, *a) * float("nan"))
+    with pytest.raises(ValueError, match=r"training step 1: the gradient of model\.enc1\.\S+ is not finite"):
+        train_model("dpnet", root, tmp_path / "run", "tiny", max_steps=2, resume="auto",
+                    config_overrides=overrides, progress_bar=False)
+    kept = load_checkpoint(run["checkpoint"])  # the last good step is what stays on disk
+    assert kept["global_step"] == 1
+    assert all(torch.equal(kept["state_dict"][k], v) for k, v in good["state_dict"].items())
+
+
 def test_validation_subset_is_evenly_spaced(tmp_path: Path) -> None:
     from dpface_lib.data import evenly_spaced
     from dpface_lib.train import DPFaceDataModule

@@ -142,11 +142,15 @@ def model_args(name: str, profile: str = "full", **overrides: Any) -> dict[str, 
 def build_model(name: str, profile: str = "full", **overrides: Any) -> nn.Module:
     """Build model ``name`` with its ``profile`` configuration and keyword overrides of its arguments.
 
-    Example: ``build_model("dpnet", profile="tiny")``; ``build_model("psmnet", max_disp=8.0)``.
+    Example: ``build_model("dpnet", profile="tiny")``; ``build_model("psmnet", max_disp=8.0)``. Its plain
+    convolutions get :func:`dpface_lib.models.safeconv.guard_convs`'s float32 fallback for inputs smaller
+    than the kernel (a CPU bfloat16 autocast defect).
 
     Raises:
         ModelConfigError: unknown model, profile or argument (the message lists what exists).
     """
+    from dpface_lib.models.safeconv import guard_convs
+
     args = model_args(name, profile, **overrides)
     cls = _model_class(name)
-    return cls(**args)
+    return guard_convs(cls(**args))

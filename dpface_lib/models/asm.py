@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dpface_lib.models.blocks import Conv3d, shift_rows
+from dpface_lib.models.blocks import shift_rows
+from dpface_lib.models.safeconv import Conv3d
 
 ASM_MODES = ("nearest", "bilinear", "phase")
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from dpface_lib.geometry import backproject, disparity_to_depth, scale_intrinsics
 from dpface_lib.models.resample import upsample_volume
+from dpface_lib.models.safeconv import Conv3d
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -122,22 +123,6 @@ def conv_bn(
 def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1, pad: int = 1, dilation: int = 1):
     """:func:`conv_bn` followed by ReLU."""
     return nn.Sequential(*conv_bn(cin, cout, kernel, stride, pad, dilation), nn.ReLU(inplace=True))
-
-
-class Conv3d(nn.Conv3d):
-    """``nn.Conv3d`` that runs in float32 under CPU bfloat16 autocast when the volume is 2 levels deep.
-
-    On the CPU, oneDNN's bfloat16 backward of a 3x3x3 convolution over a (B, C, 2, h, w) volume returns
-    non-finite gradients in some calls (torch 2.14.1, AVX512-BF16 CPU: 7-20 of 300; never at depth 1, 3, 4, 5
-    or in float32), and one such step spreads NaN to every weight. The ``tiny`` hourglasses reach that depth
-    (8 levels at 1/4); every 3-D conv of the cost-volume models is this class (state dict as nn.Conv3d).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[2] == 2 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            with torch.autocast("cpu", enabled=False):
-                return super().forward(at_least_float32(x))
-        return super().forward(x)
 
 
 def conv_bn_3d(cin: int, cout: int, kernel=3, stride=1, pad=1) -> nn.Sequential:

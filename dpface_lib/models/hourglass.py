@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dpface_lib.models.blocks import Conv3d, conv_bn_3d, conv_bn_relu_3d
+from dpface_lib.models.blocks import conv_bn_3d, conv_bn_relu_3d
+from dpface_lib.models.safeconv import Conv3d
 
 __all__ = ["Hourglass3d", "StackedHourglass"]
 

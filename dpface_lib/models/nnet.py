@@ -29,7 +29,6 @@ from torch import nn
 from dpface_lib.geometry import unit_vectors
 from dpface_lib.models.blocks import (
     SHIFT_MODES,
-    Conv3d,
     check_divisible,
     concat_cost_volume,
     conv_bn_3d,
@@ -45,6 +44,7 @@ from dpface_lib.models.blocks import (
     require_keys,
 )
 from dpface_lib.models.psmnet import PSMNetFeatures
+from dpface_lib.models.safeconv import Conv3d
 
 
 class NNet(nn.Module):

@@ -27,7 +27,6 @@ from torch import nn
 
 from dpface_lib.models.blocks import (
     SHIFT_MODES,
-    Conv3d,
     check_divisible,
     conv_bn,
     conv_bn_3d,
@@ -40,6 +39,7 @@ from dpface_lib.models.blocks import (
     require_keys,
     soft_argmin,
 )
+from dpface_lib.models.safeconv import Conv3d
 
 SLOPE = 0.2
 
