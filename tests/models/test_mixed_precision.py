@@ -9,10 +9,10 @@ from torch import nn
 
 from dpface_lib.models import build_model, list_models
 from dpface_lib.models.blocks import at_least_float32, depth_from_disparity, soft_argmin
-from dpface_lib.models.safeconv import Conv2d, Conv3d, guard_convs, input_smaller_than_kernel
+from dpface_lib.models.safeconv import Conv2d, Conv3d, guard_convs, needs_float32
 
 
-def test_conv3d_leaves_autocast_on_two_level_volumes_only() -> None:
+def test_conv3d_leaves_autocast_on_volumes_two_levels_deep() -> None:
     torch.manual_seed(0)
     conv = Conv3d(4, 4, 3, 1, 1, bias=False)
     plain = nn.Conv3d(4, 4, 3, 1, 1, bias=False)
@@ -33,26 +33,33 @@ def test_small_input_convolutions_get_the_float32_weight_gradient_under_autocast
     """The oracle is ``torch.nn.grad.conv*_weight`` in float32 on the same (bfloat16-rounded) input and output
     gradient. Unguarded, this CPU's bfloat16 autocast gives relative errors of 0.9 to 1e37 on these shapes."""
     torch.manual_seed(0)
+    w2, w3 = torch.nn.grad.conv2d_weight, torch.nn.grad.conv3d_weight
     cases = (
-        (Conv2d(128, 1, 7, 1, 3, bias=False), (2, 128, 2, 2), torch.nn.grad.conv2d_weight),
-        (Conv2d(256, 8, 5, 1, 2, bias=False), (2, 256, 1, 1), torch.nn.grad.conv2d_weight),
-        (Conv3d(128, 8, 3, 1, 1, bias=False), (2, 128, 2, 4, 4), torch.nn.grad.conv3d_weight),
+        (Conv2d(128, 1, 7, 1, 3, bias=False), (2, 128, 2, 2), w2),
+        (Conv2d(256, 8, 5, 1, 2, bias=False), (2, 256, 1, 1), w2),
+        (Conv3d(128, 8, 3, 1, 1, bias=False), (2, 128, 2, 4, 4), w3),
+        (Conv3d(32, 32, (2, 3, 3), 1, 1, bias=False), (8, 32, 1, 16, 16), w3),
+        (Conv3d(32, 32, (1, 3, 3), (2, 1, 1), 1, bias=False), (8, 32, 1, 16, 16), w3),
     )
     for conv, shape, oracle in cases:
         x = torch.randn(shape).bfloat16().float()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = conv(x)
-        assert y.dtype == torch.float32 and input_smaller_than_kernel(x, conv)
+        assert y.dtype == torch.float32 and needs_float32(x, conv)
         g = torch.randn_like(y)
         y.backward(g)
         expected = oracle(x, conv.weight.shape, g, conv.stride, conv.padding, conv.dilation, conv.groups)
         torch.testing.assert_close(conv.weight.grad, expected, rtol=1e-4, atol=1e-5)
-    # a large enough input stays in bfloat16; dilation widens the kernel's extent
-    big = Conv2d(4, 4, 3, 1, 2, dilation=2)
-    assert not input_smaller_than_kernel(torch.zeros(1, 4, 5, 5), big)
-    assert input_smaller_than_kernel(torch.zeros(1, 4, 4, 9), big)
+    # a large enough input stays in bfloat16, and so does a dilated axis (the defect never showed there)
+    small = Conv2d(4, 4, (3, 5), 1, (1, 2))
+    assert not needs_float32(torch.zeros(1, 4, 3, 5), small)
+    assert needs_float32(torch.zeros(1, 4, 2, 9), small)
+    assert needs_float32(torch.zeros(1, 4, 9, 4), small)
+    dilated = Conv2d(4, 4, 3, 1, 16, dilation=16)
+    assert not needs_float32(torch.zeros(1, 4, 8, 8), dilated)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert big(torch.randn(1, 4, 8, 8)).dtype == torch.bfloat16
+        assert small(torch.randn(1, 4, 8, 8)).dtype == torch.bfloat16
+        assert dilated(torch.randn(1, 4, 8, 8)).dtype == torch.bfloat16
 
 
 def test_guard_convs_swaps_plain_convolutions_only_and_keeps_the_state() -> None:
