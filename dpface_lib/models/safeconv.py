@@ -52,15 +52,15 @@ def _forward(conv: nn.Conv2d | nn.Conv3d, parent: type, x: torch.Tensor) -> torc
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` that runs in float32 under CPU autocast when its input is smaller than its kernel."""
+    """``nn.Conv2d`` that runs in float32 under CPU autocast where :func:`needs_float32` says so."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _forward(self, nn.Conv2d, x)
 
 
 class Conv3d(nn.Conv3d):
-    """``nn.Conv3d`` that runs in float32 under CPU autocast when its input is smaller than its kernel
-    (a 3×3×3 kernel over a volume 2 levels deep, the ``tiny`` hourglasses' coarsest level)."""
+    """``nn.Conv3d`` that runs in float32 under CPU autocast where :func:`needs_float32` says so (e.g. a
+    volume 2 levels deep, the ``tiny`` hourglasses' coarsest level)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _forward(self, nn.Conv3d, x)
