@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dpface_lib.models import build_model
-from dpface_lib.models.safeconv import Conv2d, Conv3d
+from dpface_lib.models.safeconv import Conv2d, Conv3d, guard_convs
 
 
 def synthetic_batch(batch: int, size: int) -> dict[str, torch.Tensor]:
@@ -31,12 +31,12 @@ def synthetic_batch(batch: int, size: int) -> dict[str, torch.Tensor]:
             "b": torch.full((batch,), 0.9)}
 
 
-def set_guard(model: nn.Module, guarded: bool) -> None:
-    pairs = ((Conv2d, nn.Conv2d), (Conv3d, nn.Conv3d))
+def unguard(model: nn.Module) -> None:
+    """The inverse of :func:`guard_convs`: guarded convolutions back to plain ones, in place."""
+    plain = {Conv2d: nn.Conv2d, Conv3d: nn.Conv3d}
     for module in model.modules():
-        for safe, plain in pairs:
-            if type(module) is (plain if guarded else safe):
-                module.__class__ = safe if guarded else plain
+        if type(module) in plain:
+            module.__class__ = plain[type(module)]
 
 
 def step_seconds(model: nn.Module, batch: dict[str, torch.Tensor], steps: int) -> float:
@@ -69,9 +69,9 @@ def main() -> None:
         convs = sum(isinstance(m, nn.Conv2d | nn.Conv3d) for m in model.modules())
         guarded, plain = [], []
         for _ in range(args.rounds):
-            set_guard(model, True)
+            guard_convs(model)
             guarded.append(step_seconds(model, batch, args.steps))
-            set_guard(model, False)
+            unguard(model)
             plain.append(step_seconds(model, batch, args.steps))
         g, p = statistics.median(guarded), statistics.median(plain)
         print(f"{name:<12} {convs:>5} {g:>10.4f} {p:>9.4f} {g / p:>6.3f}")

@@ -224,10 +224,9 @@ def _tiny_overrides() -> dict:
         "data": {"crop": {"mode": "random", "size": [32, 32], "multiple": 32},
                  "eval_crop": {"mode": "center", "size": [32, 64], "multiple": 32},
                  "photometric": {"lighting": [0.1, 1.0]}, "batch_size": 2, "eval_batch_size": 4},
-        # lr halves every epoch (4 steps): the schedule is exercised across the resume point. float32: in
-        # bfloat16 two uninterrupted runs already differ in DPNet's coarsest head (its 7x7 conv over a 2x2 map
-        # gets a bf16 weight gradient that is not bitwise reproducible here, even on one thread, and Adam
-        # scales that rounding up to lr-sized steps), so a bitwise comparison of a resumed run needs float32.
+        # lr halves every epoch (4 steps): the schedule is exercised across the resume point. float32: the
+        # bitwise comparisons of resumed runs must not rest on bfloat16 kernels (DPNet's coarsest 7x7 conv
+        # over a 2x2 map met oneDNN's bfloat16 weight-gradient defect here; see dpface_lib.models.safeconv).
         "train": {"optimizer": {"lr": 1e-3}, "scheduler": {"name": "step", "step_size": 1, "gamma": 0.5,
                                                            "interval": "epoch"}, "log_every_n_steps": 1,
                   "precision": "32-true"},

@@ -33,8 +33,8 @@ def train_command(root: Path, out: Path, *extra: str) -> list[str]:
             str(out), "--max-steps", str(STEPS), "--no-progress-bar", "--set", "data.crop.mode=none",
             "--set", "train.checkpoint_every_n_steps=5", "--set", "train.val_every_n_steps=null",
             "--set", "train.val_every_n_epochs=100",
-            # float32: bfloat16 weight gradients of DPNet's coarse heads are not bitwise reproducible run to run
-            # (tests/test_train.py, _tiny_overrides), and this test compares weights bit for bit
+            # float32: this test compares weights bit for bit, which must not rest on bfloat16 kernels
+            # (tests/test_train.py, _tiny_overrides)
             "--set", "train.precision=32-true", *extra]
 
 
