@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import multiprocessing
+import os
 import re
 import shlex
 from pathlib import Path
@@ -28,7 +30,14 @@ from dpface_lib.simulate import optics as dp
 from dpface_lib.simulate.face import load_face_model, load_obj, sample_person
 from dpface_lib.simulate.rig import LIGHT_DIRECTIONS, build_rig
 from dpface_lib.simulate.scene import form_images, render_view
-from dpface_lib.simulate.writer import SimConfig, generate, group_rig, person_plan, write_view
+from dpface_lib.simulate.writer import (
+    SimConfig,
+    _single_threaded_children,
+    generate,
+    group_rig,
+    person_plan,
+    write_view,
+)
 
 #: the exact options that produced data_samples/ (data_samples/README.md shows the same command)
 DATA_SAMPLES_ARGS = (
@@ -272,6 +281,16 @@ def test_layout_and_read_back_every_field(tiny_set):
         np.testing.assert_allclose(s["light"], LIGHT_DIRECTIONS[info["lightidx"] - 1])
         assert info["expression"] in ("neutral", "frowning", "yawning")
         assert s["meta"]["group"] == info["group"] and s["sample_id"].startswith(info["group"] + "/")
+
+
+def test_worker_processes_start_with_one_blas_thread(monkeypatch):
+    """Spawned workers read one BLAS/OpenMP thread from the environment; the parent's is restored after."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    with _single_threaded_children(), multiprocessing.get_context("spawn").Pool(1) as pool:
+        seen = pool.map(os.getenv, ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"])
+    assert seen == ["1", "1", "1"]
+    assert os.environ["OMP_NUM_THREADS"] == "3" and "OPENBLAS_NUM_THREADS" not in os.environ
 
 
 def test_deterministic_for_a_seed(tiny_set, tmp_path):

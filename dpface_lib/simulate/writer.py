@@ -12,9 +12,11 @@ Determinism: every random draw comes from ``numpy.random.default_rng`` seeded by
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,12 +263,33 @@ def _view_job(args: tuple) -> int:
     return write_view(cfg, Path(cfg.out), person, params, wall_phase, cam, viewidx, view, k)
 
 
+# Read once by numpy's BLAS and OpenMP runtimes when a process starts; spawned workers inherit them.
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Start processes with one BLAS/OpenMP thread each, and restore this process's environment after."""
+    saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
+    os.environ.update({name: "1" for name in _THREAD_VARIABLES})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def generate(cfg: SimConfig) -> dict[str, int]:
     """Generate the whole set described by ``cfg``; returns counts (groups, views, samples).
 
     Views are independent (each draws from its own seeded generator), so ``cfg.workers > 1`` renders
-    them in that many processes with identical results. Each process uses one torch thread: the
-    per-layer FFTs are small, and intra-op threads only add synchronisation (badly so on a busy machine).
+    them in that many processes with identical results. Each process uses one torch thread and one BLAS
+    thread: the per-layer FFTs and the rasteriser's small matrix products gain nothing from intra-op
+    threads, and with two workers on two cores numpy's default OpenBLAS threads made the set 1.5x slower
+    (benchmarks/bench_simulate.py).
     """
     import multiprocessing
 
@@ -288,7 +311,8 @@ def generate(cfg: SimConfig) -> dict[str, int]:
     try:
         with tqdm(total=len(jobs), desc="simulate", unit="view", disable=not cfg.progress) as bar:
             if cfg.workers > 1:
-                with multiprocessing.get_context("spawn").Pool(cfg.workers) as pool:
+                spawn = multiprocessing.get_context("spawn")
+                with _single_threaded_children(), spawn.Pool(cfg.workers) as pool:
                     for n in pool.imap_unordered(_view_job, jobs):
                         samples += n
                         bar.update(1)
