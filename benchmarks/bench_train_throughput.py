@@ -22,8 +22,9 @@ import torch
 
 from dpface_lib import DATA_SAMPLES, RUNS_DIR
 from dpface_lib.config import training_config
+from dpface_lib.datamodule import DPFaceDataModule
 from dpface_lib.models import list_models
-from dpface_lib.train import DPFaceDataModule, DPFaceModule
+from dpface_lib.train import DPFaceModule
 
 
 def default_root() -> Path:

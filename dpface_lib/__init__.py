@@ -6,7 +6,8 @@ One module per concept, importing only downwards (``tests/test_architecture.py``
   (the benchmark's files one by one), ``data`` (index, samples, torch dataset), ``transforms``;
 - the simulator: ``simulate`` (physically based DP face generator and the teaching-set cache);
 - learning: ``models`` (registry and networks), ``losses``, ``config`` (training configs, ``--set``),
-  ``sampling`` (seeded order, RNG state), ``checkpoint``, ``train``, ``classical`` (reference matchers);
+  ``sampling`` (seeded order, RNG state), ``datamodule`` (training loaders), ``checkpoint``, ``train``,
+  ``classical`` (reference matchers);
 - scoring: ``metrics`` (one implementation per metric, ``batch_metrics``), ``evaluate`` (tables,
   leaderboards), ``corruptions`` (ground truth with known errors);
 - use: ``predict`` and ``demo`` (the shipped model), ``viz`` (figures), ``notebook``, ``pipeline``

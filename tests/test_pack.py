@@ -13,8 +13,8 @@ import torch
 from dpface_lib import DATA_SAMPLES, pack
 from dpface_lib.config import training_config
 from dpface_lib.data import DatasetError, FaceDPDataset
+from dpface_lib.datamodule import DPFaceDataModule
 from dpface_lib.pack import PackError, open_pack, pack_key
-from dpface_lib.train import DPFaceDataModule
 
 
 def leftovers(packs: Path) -> list[str]:

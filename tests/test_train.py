@@ -327,7 +327,7 @@ def test_a_non_finite_gradient_stops_training_and_names_the_parameter(tmp_path: 
 
 def test_validation_subset_is_evenly_spaced(tmp_path: Path) -> None:
     from dpface_lib.data import evenly_spaced
-    from dpface_lib.train import DPFaceDataModule
+    from dpface_lib.datamodule import DPFaceDataModule
 
     assert evenly_spaced(10, 4) == [0, 3, 6, 9] and evenly_spaced(3, 8) == [0, 1, 2]
     assert evenly_spaced(0, 2) == []

@@ -119,7 +119,8 @@ def test_every_convolution_weight_gradient_under_bf16_autocast_matches_float32(n
     from torch.utils.data import default_collate
 
     from dpface_lib.config import training_config
-    from dpface_lib.train import DPFaceDataModule, DPFaceModule
+    from dpface_lib.datamodule import DPFaceDataModule
+    from dpface_lib.train import DPFaceModule
 
     torch.manual_seed(0)
     root = write_tiny_dataset(tmp_path / "data", size=(128, 128), n_views=1, lights=(1,))
