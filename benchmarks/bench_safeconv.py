@@ -1,9 +1,10 @@
 """Cost of :mod:`dpface_lib.models.safeconv`'s float32 fallback check in a training step.
 
-For each model, one ``tiny`` network at the teaching crop (128×128, batch 8, synthetic inputs) takes
-forward + backward steps under CPU bfloat16 autocast twice over, alternately: with the guarded convolutions
-that :func:`dpface_lib.models.build_model` returns, and with the same modules turned back into plain
-``nn.Conv2d`` / ``nn.Conv3d`` (same weights). Prints the median step of each and their ratio. Usage::
+For each model, one ``tiny`` network at the teaching crop (128×128, batch 8, the synthetic inputs of
+``bench_models.synthetic_batch``) takes forward + backward steps under CPU bfloat16 autocast twice over,
+alternately: with the guarded convolutions that :func:`dpface_lib.models.build_model` returns, and with the
+same modules turned back into plain ``nn.Conv2d`` / ``nn.Conv3d`` (same weights). Prints the median step of
+each and their ratio. Usage::
 
     python benchmarks/bench_safeconv.py [--models dpnet nnet] [--steps 12] [--rounds 3]
 """
@@ -15,20 +16,11 @@ import statistics
 import time
 
 import torch
+from bench_models import synthetic_batch  # benchmarks/ is the script's folder, first on sys.path
 from torch import nn
 
 from dpface_lib.models import build_model
 from dpface_lib.models.safeconv import Conv2d, Conv3d, guard_convs
-
-
-def synthetic_batch(batch: int, size: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    scale = torch.tensor([[size / 1.5, 0.0, size / 2], [0.0, size / 1.5, size / 2], [0.0, 0.0, 1.0]])
-    return {"left": torch.rand(batch, 3, size, size, generator=g),
-            "right": torch.rand(batch, 3, size, size, generator=g),
-            "lrsum": torch.rand(batch, 3, size, size, generator=g),
-            "K": scale.expand(batch, 3, 3).clone(), "a": torch.full((batch,), -600.0),
-            "b": torch.full((batch,), 0.9)}
 
 
 def unguard(model: nn.Module) -> None:
@@ -60,7 +52,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
     torch.manual_seed(0)
-    batch = synthetic_batch(args.batch_size, args.size)
+    batch = synthetic_batch(args.batch_size, args.size, args.size, torch.device("cpu"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
           f"{args.size}x{args.size}, bf16 autocast, median step of {args.steps} x {args.rounds} rounds")
     print(f"{'model':<12} {'convs':>5} {'guarded s':>10} {'plain s':>9} {'ratio':>6}")
