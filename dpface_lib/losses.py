@@ -13,11 +13,11 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from dpface_lib.geometry import unit_vectors
+from dpface_lib.geometry import disparity_to_depth, normals_from_depth, scale_intrinsics, unit_vectors
 
 __all__ = [
-    "affine_invariant_l1", "affine_align", "cosine_normal_loss", "model_loss", "silog_loss",
-    "smooth_l1_disparity",
+    "affine_invariant_l1", "affine_align", "cosine_normal_loss", "disparity_normal_loss", "model_loss",
+    "silog_loss", "smooth_l1_disparity",
 ]
 
 
@@ -192,6 +192,62 @@ def cosine_normal_loss(
     return (1.0 - cos[mask]).mean()
 
 
+def disparity_normal_loss(
+    disparities: torch.Tensor,
+    batch: Mapping[str, torch.Tensor],
+    mask: torch.Tensor,
+    weights: Sequence[float],
+    pool: int = 4,
+) -> torch.Tensor:
+    """Weighted sum over outputs of the cosine error of the normals *differentiated from* each disparity map.
+
+    Each output is aligned to the ground-truth disparity by its per-sample least-squares affine map
+    (:func:`affine_align`, so the term scores shape, not level), lifted to depth with the sample's thin-lens
+    ``Z = a / (d - b)`` (:func:`dpface_lib.geometry.disparity_to_depth`), averaged over ``pool`` × ``pool``
+    blocks that lie wholly inside the mask, back-projected with the pooled ``K`` and differentiated into
+    normals (:func:`dpface_lib.geometry.normals_from_depth`); the loss is :func:`cosine_normal_loss` against
+    the block-averaged ground-truth normals. Pooling matters: a face's relief is under 1 px of disparity, so
+    the pixel-to-pixel slope of a predicted map is mostly noise, and at ``pool = 1`` the term drives a
+    network to a flat output. A disparity model with no normal output thus gets slope supervision like the
+    one a normal head gives NNet (Kusupati et al., CVPR 2020, tie depth and normals with a consistency
+    term in the same spirit).
+
+    Args:
+        disparities: (B, N, H, W) predicted disparities in px (N outputs, loss-weight order).
+        batch: holds ``disparity`` (B, H, W) px, ``normal`` (B, 3, H, W), ``K`` (B, 3, 3) of the crop and
+            the thin-lens ``a`` (B,) px·mm, ``b`` (B,) px.
+        mask: (B, H, W) bool.
+        weights: N weights, one per output.
+        pool: block size in px (H and W need not be multiples: the last partial block is dropped).
+
+    Returns:
+        0-d tensor in [0, 2].
+    """
+    if disparities.ndim != 4 or len(weights) != disparities.shape[1]:
+        raise ValueError(
+            f"disparity_normal_loss: expected (B, N, H, W) disparities with N = {len(weights)} weights, got "
+            f"{tuple(disparities.shape)}"
+        )
+    gt, gt_normal = batch["disparity"], batch["normal"]
+    mask = _check_mask(mask, gt.shape, "disparity_normal_loss")
+    defined = mask & (gt_normal.square().sum(dim=1) > 0.5)
+    if not defined.any():
+        return _zero_like(disparities)
+    # pool x pool blocks wholly inside the mask; depth and normals averaged over each block
+    block = -F.max_pool2d(-defined[:, None].to(disparities.dtype), pool, pool)[:, 0] > 0.5
+    K = scale_intrinsics(batch["K"], 1.0 / pool)
+    target = F.avg_pool2d(gt_normal, pool, pool)
+    total = disparities.new_zeros(())
+    for i, weight in enumerate(weights):
+        depth = disparity_to_depth(affine_align(disparities[:, i], gt, mask), batch["a"], batch["b"])
+        depth = F.avg_pool2d(torch.where(defined, depth, torch.zeros_like(depth))[:, None], pool, pool)[:, 0]
+        normal = normals_from_depth(torch.where(block, depth, torch.zeros_like(depth)), K, block)
+        ok = block & (normal.square().sum(dim=1) > 0.5)
+        if ok.any():
+            total = total + float(weight) * cosine_normal_loss(normal, target, ok)
+    return total
+
+
 def model_loss(
     outputs: Mapping[str, torch.Tensor],
     batch: Mapping[str, torch.Tensor],
@@ -223,8 +279,12 @@ def model_loss(
             value = silog_loss(outputs["depth"], batch["depth"], mask & (batch["depth"] > 0), variance_focus)
         elif term == "cosine":
             value = cosine_normal_loss(outputs["normal"], batch["normal"], mask)
+        elif term == "disparity_normal":
+            value = disparity_normal_loss(outputs["disparities"], batch, mask, loss_weights)
         else:
-            raise ValueError(f"unknown loss term {term!r}; known: smooth_l1, affine_l1, silog, cosine")
+            raise ValueError(
+                f"unknown loss term {term!r}; known: smooth_l1, affine_l1, disparity_normal, silog, cosine"
+            )
         parts[term] = float(lam) * value
     parts["loss"] = sum(parts.values(), torch.zeros((), device=mask.device))
     return parts

@@ -110,8 +110,8 @@ class DPFaceModule(pl.LightningModule):
                                    "config": plain(self.config)})
         terms = dict(getattr(self.model, "loss_terms", {"smooth_l1": 1.0}))
         lambdas = self.config["train"]["loss_lambdas"] or {}
-        # every disparity model may also use Garg et al.'s affine-invariant term
-        allowed = {*terms, *(("affine_l1",) if "smooth_l1" in terms else ())}
+        # every disparity model may also use Garg et al.'s affine-invariant term and its disparity's normals
+        allowed = {*terms, *(("affine_l1", "disparity_normal") if "smooth_l1" in terms else ())}
         unknown = sorted(set(lambdas) - allowed)
         if unknown:
             raise ConfigError(f"train.loss_lambdas names {unknown}, but model {name!r} uses only "

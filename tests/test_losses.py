@@ -11,6 +11,7 @@ from dpface_lib.losses import (
     affine_align,
     affine_invariant_l1,
     cosine_normal_loss,
+    disparity_normal_loss,
     model_loss,
     silog_loss,
     smooth_l1_disparity,
@@ -210,3 +211,62 @@ def test_model_loss_affine_term():
     outputs = {"disparities": (3.0 * gt + 1.0).unsqueeze(1)}
     parts = model_loss(outputs, batch, {"affine_l1": 1.0, "smooth_l1": 0.1}, [1.0])
     assert parts["affine_l1"].item() < 1e-5 and parts["smooth_l1"].item() > 0.1
+
+
+# ------------------------------------------------------------------------------ normals of the disparity
+def _plane_batch(normal: tuple[float, float, float], size: int = 16, dtype=torch.float64) -> dict:
+    """A plane ``n . P = c`` in front of the camera, rendered as depth, thin-lens disparity and normals."""
+    from dpface_lib.geometry import depth_to_disparity
+
+    K = torch.tensor([[60.0, 0.0, 7.5], [0.0, 60.0, 7.5], [0.0, 0.0, 1.0]], dtype=dtype)
+    n = torch.tensor(normal, dtype=dtype)
+    n = n / n.norm()
+    v, u = torch.meshgrid(torch.arange(size, dtype=dtype), torch.arange(size, dtype=dtype), indexing="ij")
+    rays = torch.stack([(u - 7.5) / 60.0, (v - 7.5) / 60.0, torch.ones_like(u)])
+    depth = -800.0 / (n[:, None, None] * rays).sum(0)  # n faces the camera (n_z < 0), c = -800 mm
+    a, b = torch.tensor([-4000.0], dtype=dtype), torch.tensor([5.0], dtype=dtype)
+    return {
+        "disparity": depth_to_disparity(depth[None], a, b),
+        "normal": n.view(1, 3, 1, 1).expand(1, 3, size, size),
+        "K": K[None], "a": a, "b": b, "mask": torch.ones(1, size, size, dtype=torch.bool),
+    }
+
+
+@pytest.mark.parametrize("pool", [1, 2, 4])
+def test_disparity_normal_loss_of_a_plane(pool):
+    batch = _plane_batch((0.3, -0.2, -1.0))
+    gt = batch["disparity"]
+    # any affine map of the true disparity has the plane's normals
+    exact = disparity_normal_loss((2.0 * gt - 0.4).unsqueeze(1), batch, batch["mask"], [1.0], pool)
+    assert exact.item() < 1e-6
+    # a plane tilted across (its disparity slope is orthogonal to the true one) is uncorrelated with the
+    # truth: the fit flattens it (s = 0) to a fronto-parallel plane, which scores 1 - cos(tilt) = 1 - |n_z|
+    other = _plane_batch((0.2, 0.3, -1.0))
+    loss = disparity_normal_loss(other["disparity"].unsqueeze(1), batch, batch["mask"], [1.0], pool)
+    assert loss.item() == pytest.approx(1.0 - float(-batch["normal"][0, 2, 0, 0]), rel=1e-3)
+
+
+def test_disparity_normal_loss_gradcheck_weights_and_empty_mask():
+    batch = _plane_batch((0.3, -0.2, -1.0), size=8)
+    gen = torch.Generator().manual_seed(3)
+    pred = (batch["disparity"].unsqueeze(1).repeat(1, 2, 1, 1)
+            + 0.05 * torch.randn(1, 2, 8, 8, dtype=torch.float64, generator=gen)).requires_grad_()
+    mask = batch["mask"].clone()
+    mask[0, :2, :3] = False
+    assert torch.autograd.gradcheck(lambda p: disparity_normal_loss(p, batch, mask, [1.0, 0.5], 2), (pred,))
+    single = [disparity_normal_loss(pred[:, i : i + 1], batch, mask, [1.0], 2) for i in range(2)]
+    both = disparity_normal_loss(pred, batch, mask, [1.0, 0.5], 2)
+    assert both.item() == pytest.approx(single[0].item() + 0.5 * single[1].item())
+    empty = disparity_normal_loss(pred, batch, torch.zeros_like(mask), [1.0, 0.5], 2)
+    empty.backward()
+    assert empty.item() == 0.0 and torch.equal(pred.grad, torch.zeros_like(pred))
+
+
+def test_model_loss_disparity_normal_term():
+    batch = _plane_batch((0.3, -0.2, -1.0), dtype=torch.float32)
+    outputs = {"disparities": (0.5 * batch["disparity"] + 1.0).unsqueeze(1)}
+    parts = model_loss(outputs, batch, {"affine_l1": 1.0, "disparity_normal": 2.0}, [1.0])
+    assert parts["disparity_normal"].item() < 1e-4
+    flat = {"disparities": torch.full_like(outputs["disparities"], 0.7)}  # aligned to the mean level
+    tilted = model_loss(flat, batch, {"disparity_normal": 2.0}, [1.0])["disparity_normal"]
+    assert tilted.item() > 2.0 * (1.0 - math.cos(math.radians(15)))

@@ -16,7 +16,7 @@ import dpface_lib.models as models
 import dpface_lib.train as train
 from dpface_lib.checkpoint import AtomicCheckpointIO, CheckpointError, load_checkpoint, load_model
 from dpface_lib.config import ConfigError, training_config
-from dpface_lib.losses import affine_invariant_l1, smooth_l1_disparity
+from dpface_lib.losses import affine_invariant_l1, disparity_normal_loss, smooth_l1_disparity
 from dpface_lib.metrics import batch_metrics
 from dpface_lib.models import list_models
 from dpface_lib.sampling import SeededSamples, StepSampler
@@ -183,9 +183,14 @@ def test_loss_lambdas_scale_the_model_loss() -> None:
     affine = module(smooth_l1=0.0, affine_l1=1.0)
     expected = affine_invariant_l1(out["disparities"], batch["disparity"], batch["mask"], base.loss_weights)
     assert torch.allclose(affine._loss(out, batch)["loss"], expected)
-    with pytest.raises(ConfigError, match="uses only"):
-        DPFaceModule("bts", "tiny", config=training_config("bts", "tiny", {"train": {"loss_lambdas": {
-            "affine_l1": 1.0}}}))
+    # so is the cosine error of the normals differentiated from the disparity
+    sloped = module(smooth_l1=0.0, affine_l1=0.0, disparity_normal=1.0)
+    expected = disparity_normal_loss(out["disparities"], batch, batch["mask"], base.loss_weights)
+    assert expected > 0 and torch.allclose(sloped._loss(out, batch)["loss"], expected)
+    for term in ("affine_l1", "disparity_normal"):
+        with pytest.raises(ConfigError, match="uses only"):
+            DPFaceModule("bts", "tiny", config=training_config("bts", "tiny", {"train": {"loss_lambdas": {
+                term: 1.0}}}))
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
