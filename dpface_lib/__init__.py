@@ -2,7 +2,8 @@
 
 One module per concept, importing only downwards (``tests/test_architecture.py`` checks it):
 
-- foundations: ``fileio`` (atomic writes), ``geometry`` (thin-lens DP model, camera maths), ``layout``
+- foundations: ``fileio`` (atomic writes), ``camera`` (intrinsics, back-projection, normals),
+  ``geometry`` (thin-lens DP model; re-exports ``camera``), ``layout``
   (the benchmark's files one by one), ``data`` (index, samples, torch dataset), ``transforms``;
 - the simulator: ``simulate`` (physically based DP face generator and the teaching-set cache);
 - learning: ``models`` (registry and networks), ``losses``, ``config`` (training configs, ``--set``),
