@@ -1,4 +1,5 @@
-"""Training losses: masked smooth-L1 and affine-invariant L1 on disparity, SILog on depth, cosine on normals.
+"""Training losses: masked smooth-L1 and affine-invariant L1 on disparity, SILog on depth, cosine on normals
+(predicted, or differentiated from a disparity map).
 
 All losses average over the pixels where ``mask`` is true, pooled over the whole batch (as the
 benchmark code does). An empty mask gives a loss of exactly 0 that is still connected to the
