@@ -242,7 +242,7 @@ def disparity_normal_loss(
     for i, weight in enumerate(weights):
         depth = disparity_to_depth(affine_align(disparities[:, i], gt, mask), batch["a"], batch["b"])
         depth = F.avg_pool2d(torch.where(defined, depth, torch.zeros_like(depth))[:, None], pool, pool)[:, 0]
-        normal = normals_from_depth(torch.where(block, depth, torch.zeros_like(depth)), K, block)
+        normal = normals_from_depth(depth, K, block)  # pixels outside `block` are neither used nor scored
         ok = block & (normal.square().sum(dim=1) > 0.5)
         if ok.any():
             total = total + float(weight) * cosine_normal_loss(normal, target, ok)

@@ -222,7 +222,7 @@ def _plane_batch(normal: tuple[float, float, float], size: int = 16, dtype=torch
     n = torch.tensor(normal, dtype=dtype)
     n = n / n.norm()
     v, u = torch.meshgrid(torch.arange(size, dtype=dtype), torch.arange(size, dtype=dtype), indexing="ij")
-    rays = torch.stack([(u - 7.5) / 60.0, (v - 7.5) / 60.0, torch.ones_like(u)])
+    rays = torch.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], torch.ones_like(u)])
     depth = -800.0 / (n[:, None, None] * rays).sum(0)  # n faces the camera (n_z < 0), c = -800 mm
     a, b = torch.tensor([-4000.0], dtype=dtype), torch.tensor([5.0], dtype=dtype)
     return {
