@@ -238,7 +238,7 @@ def disparity_normal_loss(
     block = -F.max_pool2d(-defined[:, None].to(disparities.dtype), pool, pool)[:, 0] > 0.5
     K = scale_intrinsics(batch["K"], 1.0 / pool)
     target = F.avg_pool2d(gt_normal, pool, pool)
-    total = disparities.new_zeros(())
+    total = _zero_like(disparities)  # stays connected to the prediction when no block is scored
     for i, weight in enumerate(weights):
         depth = disparity_to_depth(affine_align(disparities[:, i], gt, mask), batch["a"], batch["b"])
         depth = F.avg_pool2d(torch.where(defined, depth, torch.zeros_like(depth))[:, None], pool, pool)[:, 0]

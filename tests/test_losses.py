@@ -260,6 +260,12 @@ def test_disparity_normal_loss_gradcheck_weights_and_empty_mask():
     empty = disparity_normal_loss(pred, batch, torch.zeros_like(mask), [1.0, 0.5], 2)
     empty.backward()
     assert empty.item() == 0.0 and torch.equal(pred.grad, torch.zeros_like(pred))
+    # valid pixels but no whole 2 x 2 block (a checkerboard): 0, still connected to the prediction
+    checker = (torch.arange(8)[:, None] + torch.arange(8)) % 2 == 0
+    pred.grad = None
+    holes = disparity_normal_loss(pred, batch, checker[None], [1.0, 0.5], 2)
+    holes.backward()
+    assert holes.item() == 0.0 and torch.equal(pred.grad, torch.zeros_like(pred))
 
 
 def test_model_loss_disparity_normal_term():
