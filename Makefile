@@ -35,7 +35,7 @@ DEPS_STAMP    := $(VENV)/.dpface-deps
 KERNELS_STAMP := $(VENV)/.dpface-kernels
 KERNEL_SOURCES := $(wildcard kernels/csrc/*.cpp kernels/csrc/*.cu kernels/csrc/*.h) kernels/setup.py kernels/pyproject.toml
 
-.PHONY: help setup deps kernels chromium pipeline test test-fast lab lint bench clean print-cuda
+.PHONY: help setup deps kernels chromium clang pipeline test test-fast lab lint bench clean print-cuda
 
 # The browser tests drive Debian's Chromium through Playwright (Playwright's own download cannot be used).
 CHROMIUM := $(shell command -v chromium || command -v chromium-browser)
@@ -68,6 +68,17 @@ chromium:
 	    || echo "apt-get could not install chromium; tests/browser will be skipped"; \
 	else echo "chromium: not found and apt-get is not usable here; tests/browser will be skipped"; fi
 
+## clang: Debian's clang for tests/kernels/test_clang_build.py (the kernels built with clang and no OpenMP,
+## as on a Mac), installed with apt-get when missing and possible.
+CLANGXX := $(shell command -v clang++)
+clang:
+	@if [ -n "$(CLANGXX)" ]; then echo "clang++: $(CLANGXX)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing clang with apt-get (kernel build test)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang >/dev/null) \
+	    || echo "apt-get could not install clang; tests/kernels/test_clang_build.py will be skipped"; \
+	else echo "clang++: not found and apt-get is not usable here; tests/kernels/test_clang_build.py will be skipped"; fi
+
 ## kernels: the dpface_kernels extension, built against the venv's torch (no build isolation).
 kernels: $(KERNELS_STAMP)
 $(KERNELS_STAMP): $(DEPS_STAMP) $(KERNEL_SOURCES)
@@ -79,7 +90,7 @@ $(KERNELS_STAMP): $(DEPS_STAMP) $(KERNEL_SOURCES)
 pipeline: setup
 	$(VENV)/bin/dpface pipeline pipeline.yaml --out runs/$(RUN)
 
-test: setup chromium
+test: setup chromium clang
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with $(CURDIR)/tests/notebooks/sanitize.cfg $(PYTEST_ARGS) tests notebooks
 
