@@ -357,7 +357,8 @@ def run_pipeline(
         start = time.perf_counter()
         try:
             for attempt in range(retries + 1):
-                try:
+                try:  # the kernel inherits this: no progress bars (dpface_lib.notebook.BATCH_ENV)
+                    os.environ.update(DPFACE_NOTEBOOK_BATCH="1", TQDM_DISABLE="1")
                     papermill.execute_notebook(
                         str(run.notebook), str(output), parameters=params, kernel_name=kernel_name,
                         cwd=str(REPO_ROOT), progress_bar=cell_progress, log_output=False,
