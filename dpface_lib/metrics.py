@@ -9,7 +9,9 @@ Only pixels with a positive weight / true mask count, and values outside them ma
 except for the reference Spearman convention, which ranks every pixel. Inside the mask, ground truth and
 prediction must be finite, else :class:`EvaluationError` names the sample (``depth_metrics`` instead drops
 missing ground truth and clips predictions, since ``a / (d - b)`` is legitimately non-finite). A sample
-with no valid pixel raises, naming it; with ``allow_empty=True`` its metrics are NaN instead.
+with no valid pixel raises, naming it; with ``allow_empty=True`` its metrics are NaN instead. A sample with
+fewer than ``min_valid`` (16) valid pixels is not scorable (one pixel fits any prediction perfectly): its
+metrics are NaN and a :class:`NotScorableWarning` names it.
 
 Sources: Garg et al., "Learning Single Camera Depth Estimation using Dual-Pixels", ICCV 2019 (AIWE(1),
 AIWE(2), 1 - |rho_s|) and its released evaluation; Kang et al., ECCV 2022 (depth thresholds 1.01^k and
@@ -18,17 +20,28 @@ the normal metrics).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
+from dpface_lib.metric_inputs import (
+    MIN_VALID_PX,
+    EvaluationError,
+    NotScorableWarning,
+    check_finite,
+    finish_outputs,
+    prepare_inputs,
+    valid_counts,
+)
 from dpface_lib.ranks import pixel_order_ranks, weighted_midranks, weighted_pearson
 
 __all__ = [
     "AFFINE_KEYS", "DEPTH_KEYS", "DEPTH_RANGE_MM", "DESCRIPTOR_KEYS", "METRIC_KEYS", "NORMAL_KEYS",
-    "SPEARMAN_CONVENTIONS", "EvaluationError", "affine_invariant_metrics", "batch_metrics", "depth_metrics",
+    "MIN_VALID_PX", "SPEARMAN_CONVENTIONS", "EvaluationError", "NotScorableWarning",
+    "affine_invariant_metrics", "batch_metrics", "depth_metrics",
     "fit_affine", "normal_metrics",
 ]
 
@@ -51,66 +64,9 @@ SPEARMAN_CONVENTIONS = ("reference", "midrank")
 _TINY = 1e-300
 
 
-class EvaluationError(ValueError):
-    """Inputs that cannot be scored (bad shapes, weights or values, an empty sample), or predictions that
-    cannot be evaluated; the message names the metric and sample, or the file."""
-
-
-# ----------------------------------------------------------------------------------- input and output
-def _prepare(name: str, arrays: dict[str, Any], ndim: int) -> tuple[dict[str, torch.Tensor], bool, bool]:
-    """float64 tensors with a leading batch axis, on the first tensor's device (CPU for numpy input).
-
-    Returns (tensors, batched, numpy_out)."""
-    tensors = [a for a in arrays.values() if isinstance(a, torch.Tensor)]
-    device = tensors[0].device if tensors else torch.device("cpu")
-    out = {k: torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v, device=device)
-           .to(torch.float64) for k, v in arrays.items()}
-    first = next(iter(out.values()))
-    for key, value in out.items():
-        if value.ndim not in (ndim, ndim + 1) or value.shape != first.shape:
-            raise EvaluationError(f"{name}: {key} has shape {tuple(value.shape)}, expected "
-                                   f"{tuple(first.shape)} with {ndim} or {ndim + 1} dims")
-    batched = first.ndim == ndim + 1
-    if not batched:
-        out = {k: v.unsqueeze(0) for k, v in out.items()}
-    return out, batched, not tensors
-
-
-def _finish(rows: list[dict[str, torch.Tensor] | None], keys: tuple[str, ...], batched: bool,
-            numpy_out: bool, device: torch.device) -> dict:
-    """Stack per-sample results (None = empty sample -> NaN) into the caller's format."""
-    nan = torch.tensor(float("nan"), dtype=torch.float64, device=device)
-    values = {k: torch.stack([nan if r is None else r[k].to(torch.float64) for r in rows]) for k in keys}
-    if numpy_out:
-        values = {k: v.cpu().numpy() for k, v in values.items()}
-        return values if batched else {k: float(v[0]) for k, v in values.items()}
-    return values if batched else {k: v[0] for k, v in values.items()}
-
-
-def _check_finite(name: str, arrays: dict[str, torch.Tensor], valid: torch.Tensor) -> None:
-    """Non-finite values inside ``valid`` (B, N) raise, naming the first bad sample."""
-    for key, value in arrays.items():
-        bad = (valid & ~torch.isfinite(value)).flatten(1)
-        per_sample = bad.sum(1)
-        if bool(per_sample.any()):
-            index = int(per_sample.nonzero()[0, 0])
-            raise EvaluationError(f"{name}: {key} has {int(per_sample[index])} non-finite values inside "
-                                   f"the mask in sample {index}")
-
-
-def _counts(name: str, valid: torch.Tensor, allow_empty: bool) -> list[int]:
-    """Valid pixels per sample; a sample without any raises unless ``allow_empty``."""
-    counts = valid.flatten(1).sum(1).tolist()
-    if not allow_empty and 0 in counts:
-        raise EvaluationError(
-            f"{name}: sample {counts.index(0)} has no valid pixel (empty mask, all weights zero or no usable "
-            "ground truth); pass allow_empty=True to get NaN for such samples")
-    return counts
-
-
 # ------------------------------------------------------------------------------ affine-invariant metrics
 def affine_invariant_metrics(pred, gt, weight=None, *, spearman: str = "reference",
-                             allow_empty: bool = False) -> dict:
+                             allow_empty: bool = False, min_valid: int = MIN_VALID_PX) -> dict:
     """Garg et al. (ICCV 2019) affine-invariant errors of a disparity / inverse-depth prediction.
 
     Args:
@@ -119,6 +75,7 @@ def affine_invariant_metrics(pred, gt, weight=None, *, spearman: str = "referenc
         gt: same shape, ground-truth disparity (px) or inverse depth. Errors are in its units.
         weight: same shape, >= 0 (a 0/1 mask or a confidence), ``None`` = all ones.
         spearman: ``"reference"`` (default) or ``"midrank"``, see below.
+        min_valid: fewest weighted pixels a sample needs; below it its metrics are NaN (warned about).
 
     Returns dict ``ai1``, ``ai2``, ``spearman``:
         - The **prediction** receives the affine map: (s, t) minimise the weighted error of
@@ -148,7 +105,7 @@ def affine_invariant_metrics(pred, gt, weight=None, *, spearman: str = "referenc
     if spearman not in SPEARMAN_CONVENTIONS:
         raise EvaluationError(f"{name}: spearman must be one of {SPEARMAN_CONVENTIONS}, got {spearman!r}")
     arrays = {"pred": pred, "gt": gt} | ({"weight": weight} if weight is not None else {})
-    tensors, batched, numpy_out = _prepare(name, arrays, 2)
+    tensors, batched, numpy_out = prepare_inputs(name, arrays, 2)
     x, y = tensors["pred"].flatten(1), tensors["gt"].flatten(1)
     w = tensors["weight"].flatten(1) if weight is not None else torch.ones_like(x)
     bad = ~torch.isfinite(w) | (w < 0)
@@ -157,11 +114,11 @@ def affine_invariant_metrics(pred, gt, weight=None, *, spearman: str = "referenc
         raise EvaluationError(f"{name}: weights must be finite and >= 0; found {int(bad[index].sum())} bad "
                                f"values in sample {index}")
     valid = w > 0
-    _check_finite(name, {"pred": x, "gt": y}, valid)
-    counts = _counts(name, valid, allow_empty)
+    check_finite(name, {"pred": x, "gt": y}, valid)
+    counts = valid_counts(name, valid, allow_empty, min_valid)
     rows = [_affine_sample(x[i], y[i], w[i], valid[i], spearman) if counts[i] else None
             for i in range(len(counts))]
-    return _finish(rows, AFFINE_KEYS, batched, numpy_out, x.device)
+    return finish_outputs(rows, AFFINE_KEYS, batched, numpy_out, x.device)
 
 
 def _affine_sample(x_all: torch.Tensor, y_all: torch.Tensor, w_all: torch.Tensor, valid: torch.Tensor,
@@ -193,14 +150,14 @@ def fit_affine(pred, gt, weight=None, *, robust: bool = False) -> tuple[float, f
     fit of AIWE(1). ``s * pred + t`` is the affine-aligned prediction, in ground-truth units."""
     name = "fit_affine"
     arrays = {"pred": pred, "gt": gt} | ({"weight": weight} if weight is not None else {})
-    tensors, _, _ = _prepare(name, arrays, 2)
+    tensors, _, _ = prepare_inputs(name, arrays, 2)
     x, y = tensors["pred"].flatten(1), tensors["gt"].flatten(1)
     w = tensors["weight"].flatten(1) if weight is not None else torch.ones_like(x)
     if bool((~torch.isfinite(w) | (w < 0)).any()):
         raise EvaluationError(f"{name}: weights must be finite and >= 0")
     valid = w > 0
-    _check_finite(name, {"pred": x, "gt": y}, valid)
-    _counts(name, valid, allow_empty=False)
+    check_finite(name, {"pred": x, "gt": y}, valid)
+    valid_counts(name, valid, allow_empty=False)
     x, y, w = x[valid], y[valid], w[valid]
     irls = torch.ones_like(x)
     for _ in range(IRLS_ITERS if robust else 1):  # the first round is the plain weighted fit
@@ -223,7 +180,7 @@ def _wls_fit(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.T
 
 # ------------------------------------------------------------------------------------- depth metrics
 def depth_metrics(pred_mm, gt_mm, mask=None, *, depth_range_mm: tuple[float, float] = (1.0, 1e5),
-                  allow_empty: bool = False) -> dict:
+                  allow_empty: bool = False, min_valid: int = MIN_VALID_PX) -> dict:
     """Absolute depth errors (Eigen et al. 2014 set; thresholds 1.01^k of the facial-DP benchmark).
 
     Args:
@@ -245,12 +202,12 @@ def depth_metrics(pred_mm, gt_mm, mask=None, *, depth_range_mm: tuple[float, flo
     if not 0 < low < high:
         raise EvaluationError(f"{name}: depth_range_mm must satisfy 0 < low < high, got {depth_range_mm}")
     arrays = {"pred": pred_mm, "gt": gt_mm} | ({"mask": mask} if mask is not None else {})
-    tensors, batched, numpy_out = _prepare(name, arrays, 2)
+    tensors, batched, numpy_out = prepare_inputs(name, arrays, 2)
     p_all, g_all = tensors["pred"].flatten(1), tensors["gt"].flatten(1)
     valid = torch.isfinite(g_all) & (g_all >= low)
     if mask is not None:
         valid &= tensors["mask"].flatten(1) != 0
-    counts = _counts(name, valid, allow_empty)
+    counts = valid_counts(name, valid, allow_empty, min_valid)
     rows: list[dict[str, torch.Tensor] | None] = []
     for i, count in enumerate(counts):
         if not count:
@@ -266,11 +223,11 @@ def depth_metrics(pred_mm, gt_mm, mask=None, *, depth_range_mm: tuple[float, flo
         for k, threshold in enumerate(DELTA_THRESHOLDS, start=1):
             row[f"delta{k}"] = (ratio < threshold).to(torch.float64).mean()
         rows.append(row)
-    return _finish(rows, DEPTH_KEYS, batched, numpy_out, g_all.device)
+    return finish_outputs(rows, DEPTH_KEYS, batched, numpy_out, g_all.device)
 
 
 # ------------------------------------------------------------------------------------ normal metrics
-def normal_metrics(pred, gt, mask=None, *, allow_empty: bool = False) -> dict:
+def normal_metrics(pred, gt, mask=None, *, allow_empty: bool = False, min_valid: int = MIN_VALID_PX) -> dict:
     """Angular error between predicted and ground-truth surface normals.
 
     Args:
@@ -285,7 +242,7 @@ def normal_metrics(pred, gt, mask=None, *, allow_empty: bool = False) -> dict:
     theta = atan2(|n x m|, n . m) in degrees (accurate near 0 where arccos is not).
     """
     name = "normal_metrics"
-    tensors, batched, numpy_out = _prepare(name, {"pred": pred, "gt": gt}, 3)
+    tensors, batched, numpy_out = prepare_inputs(name, {"pred": pred, "gt": gt}, 3)
     n_all, m_all = tensors["pred"], tensors["gt"]
     if n_all.shape[1] != 3:
         raise EvaluationError(f"{name}: pred {tuple(np.shape(pred))} and gt {tuple(np.shape(gt))} must both "
@@ -300,8 +257,8 @@ def normal_metrics(pred, gt, mask=None, *, allow_empty: bool = False) -> dict:
             raise EvaluationError(f"{name}: mask {tuple(np.shape(mask))} does not match normals "
                                    f"{tuple(np.shape(gt))}")
     n_all, m_all, valid = n_all.flatten(2), m_all.flatten(2), valid.flatten(1)
-    _check_finite(name, {"pred": n_all.abs().sum(1), "gt": m_all.abs().sum(1)}, valid)
-    counts = _counts(name, valid, allow_empty)
+    check_finite(name, {"pred": n_all.abs().sum(1), "gt": m_all.abs().sum(1)}, valid)
+    counts = valid_counts(name, valid, allow_empty, min_valid)
     rows: list[dict[str, torch.Tensor] | None] = []
     for i, count in enumerate(counts):
         if not count:
@@ -315,7 +272,7 @@ def normal_metrics(pred, gt, mask=None, *, allow_empty: bool = False) -> dict:
         for key, limit in zip(NORMAL_KEYS[3:], NORMAL_THRESHOLDS_DEG, strict=True):
             row[key] = (theta <= limit).to(torch.float64).mean()
         rows.append(row)
-    return _finish(rows, NORMAL_KEYS, batched, numpy_out, n_all.device)
+    return finish_outputs(rows, NORMAL_KEYS, batched, numpy_out, n_all.device)
 
 
 def _angle_deg(n: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -332,7 +289,8 @@ def _angle_deg(n: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------ per batch
 def batch_metrics(output: Mapping[str, torch.Tensor], batch: Mapping[str, Any], *,
-                  allow_empty: bool = False, spearman: str = "reference") -> dict[str, Any]:
+                  allow_empty: bool = False, spearman: str = "reference",
+                  min_valid: int = MIN_VALID_PX) -> dict[str, Any]:
     """Every metric for a batch: ``output`` as a model returns it, ``batch`` the (collated) dataset dict.
 
     Args:
@@ -341,10 +299,26 @@ def batch_metrics(output: Mapping[str, torch.Tensor], batch: Mapping[str, Any], 
             (B, 3, H, W) when normals are predicted; ``lrsum`` (B, 3, H, W) for the texture descriptor.
         allow_empty: give NaN metrics for samples without valid pixels instead of raising (training
             validation on random crops). spearman: see :func:`affine_invariant_metrics`.
+        min_valid: a sample with fewer valid pixels is not scorable: NaN metrics, one NotScorableWarning.
 
-    Returns: dict of (B,) float64 tensors for :data:`METRIC_KEYS` and :data:`DESCRIPTOR_KEYS`, plus
-    ``affine_space`` (a list of B strings).
+    Returns: dict of (B,) float64 tensors for :data:`METRIC_KEYS`, :data:`DESCRIPTOR_KEYS` and ``scorable``
+    (1.0, or 0.0 for a sample with NaN metrics), plus ``affine_space`` (a list of B strings).
     """
+    with warnings.catch_warnings():  # one warning for the batch instead of one per metric family
+        warnings.simplefilter("ignore", NotScorableWarning)
+        values = _batch_metrics(output, batch, allow_empty, spearman, min_valid)
+    n_valid = values["valid_px"]
+    few = {i: int(n) for i, n in enumerate(n_valid.tolist()) if 0 < n < min_valid}
+    if few:
+        warnings.warn(f"batch_metrics: not scorable, metrics NaN: {len(few)} sample(s) with fewer than "
+                      f"{min_valid} valid pixels (sample: count {few})", NotScorableWarning, stacklevel=2)
+        values["invalid_depth"] = torch.where(n_valid < min_valid, torch.nan, values["invalid_depth"])
+    values["scorable"] = (n_valid >= min_valid).to(torch.float64)
+    return values
+
+
+def _batch_metrics(output: Mapping[str, torch.Tensor], batch: Mapping[str, Any], allow_empty: bool,
+                   spearman: str, min_valid: int) -> dict[str, Any]:
     mask = batch["mask"].bool()
     size = tuple(mask.shape)
     for key in ("disparity", "depth", "normal"):
@@ -367,21 +341,22 @@ def batch_metrics(output: Mapping[str, torch.Tensor], batch: Mapping[str, Any], 
     if "disparity" in output:
         space = "disparity"
         affine = affine_invariant_metrics(output["disparity"].detach(), batch["disparity"], mask,
-                                          allow_empty=allow_empty, spearman=spearman)
+                                          allow_empty=allow_empty, spearman=spearman, min_valid=min_valid)
     else:
         space = "inverse_depth"
         clipped = torch.nan_to_num(pred_depth, nan=high, posinf=high, neginf=low).clamp(low, high)
         z_far = torch.where(mask, gt_depth, 0.0).flatten(1).amax(1).reshape(-1, 1, 1)
         gt_inverse = torch.where(mask, z_far / gt_depth.clamp_min(low), 0.0)
         affine = affine_invariant_metrics(1.0 / clipped, gt_inverse, mask, allow_empty=allow_empty,
-                                          spearman=spearman)
+                                          spearman=spearman, min_valid=min_valid)
     values = dict(affine)
     values |= depth_metrics(pred_depth, gt_depth, mask, depth_range_mm=DEPTH_RANGE_MM,
-                            allow_empty=allow_empty)
+                            allow_empty=allow_empty, min_valid=min_valid)
     n_valid = mask.flatten(1).sum(1).to(torch.float64)
     values["invalid_depth"] = invalid.flatten(1).sum(1) / n_valid.clamp_min(1)
     if "normal" in output:
-        values |= normal_metrics(output["normal"].detach(), batch["normal"], mask, allow_empty=allow_empty)
+        values |= normal_metrics(output["normal"].detach(), batch["normal"], mask, allow_empty=allow_empty,
+                                 min_valid=min_valid)
     else:
         values |= {key: torch.full_like(n_valid, float("nan")) for key in NORMAL_KEYS}
     values |= _descriptors(batch, mask, gt_depth, n_valid)

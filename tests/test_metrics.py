@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -14,16 +15,21 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from metric_oracles import affine_midrank, depth_oracle, normal_oracle, reference_spearman
 
+from dpface_lib import metrics
 from dpface_lib.metrics import (
     AFFINE_KEYS,
     DEPTH_KEYS,
     NORMAL_KEYS,
     EvaluationError,
-    affine_invariant_metrics,
-    depth_metrics,
+    NotScorableWarning,
     fit_affine,
-    normal_metrics,
 )
+
+# The formulas are checked on samples of a few pixels, so the minimum-count rule (16 by default) is off
+# here; test_fewer_than_min_valid_pixels_are_not_scorable holds the rule itself.
+affine_invariant_metrics = functools.partial(metrics.affine_invariant_metrics, min_valid=1)
+depth_metrics = functools.partial(metrics.depth_metrics, min_valid=1)
+normal_metrics = functools.partial(metrics.normal_metrics, min_valid=1)
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -439,3 +445,25 @@ def test_fit_affine_recovers_the_map_and_matches_the_metrics():
         affine_invariant_metrics(noisy, gt, mask)["ai1"])
     with pytest.raises(ValueError, match="no valid pixel"):
         fit_affine(pred, gt, np.zeros_like(gt))
+
+
+# ----------------------------------------------------------------------------- minimum valid pixels
+def test_fewer_than_min_valid_pixels_are_not_scorable():
+    """One valid pixel fits any prediction exactly (ai1 = 0): below min_valid (16 by default) a sample is
+    NaN with a warning naming it, never perfect; at 16 pixels it is scored."""
+    rng = np.random.default_rng(3)
+    gt, pred = rng.uniform(1, 2, (2, 8, 8)), rng.uniform(1, 2, (2, 8, 8))
+    mask = np.zeros((2, 8, 8), bool)
+    mask[0, 0, 0] = True  # one pixel
+    mask[1, :2] = True  # 16 pixels
+    with pytest.warns(NotScorableWarning, match=r"fewer than 16 valid pixels.*\{0: 1\}"):
+        out = metrics.affine_invariant_metrics(pred, gt, mask)
+    assert np.isnan(out["ai1"][0]) and out["ai1"][1] > 0
+    assert metrics.affine_invariant_metrics(pred, gt, mask, min_valid=1)["ai1"][0] == 0.0  # the old answer
+    with pytest.warns(NotScorableWarning, match="depth_metrics"):
+        assert np.isnan(metrics.depth_metrics(pred, gt, mask)["absrel"][0])
+    with pytest.warns(NotScorableWarning, match="normal_metrics"):
+        normals = metrics.normal_metrics(np.stack([pred] * 3, 1), np.stack([gt] * 3, 1), mask)
+    assert np.isnan(normals["mean_deg"][0]) and np.isfinite(normals["mean_deg"][1])
+    with pytest.raises(EvaluationError, match="min_valid"):
+        metrics.depth_metrics(pred, gt, mask, min_valid=0)
