@@ -60,8 +60,6 @@ def setup_notebook(seed: int = 0, *, torch_threads: int | None = None) -> dict[s
         pass
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
     quiet_lightning()
-    if batch_run():
-        os.environ["TQDM_DISABLE"] = "1"  # tqdm bars of the library (simulate, pack, evaluate) stay silent
     return {"repo": REPO_ROOT, "data_samples": DATA_SAMPLES, "runs": RUNS_DIR}
 
 
@@ -151,7 +149,10 @@ def camera_setup(camera: str = "teaching", pipeline_file: str | os.PathLike | No
 
     Returns ``focus_mm``, ``f_number``, ``focal_mm``, ``pixel_um`` (full-resolution pitch whose focal length
     in px, times ``resize``, is the stored ``fy_px``), ``fy_px`` (K[1, 1] of the stored image), ``resize``,
-    ``k_dp`` (disparity per CoC px), ``size`` ((H, W) stored px or None), ``label``.
+    ``k_dp`` (disparity per CoC px), ``size`` ((H, W) stored px or None), ``label``, ``cameras``
+    (``{camera index: (a, b)}`` of the rig: the benchmark's calibration table, or the simulated rig's thin
+    lens) and ``search_px`` ((min, max) disparity the cost-volume models search for that camera: PSMNet's
+    ``full`` or ``tiny`` profile).
 
     Raises:
         ValueError: an unknown ``camera`` or a pipeline file without a ``dataset:`` section.
@@ -162,7 +163,8 @@ def camera_setup(camera: str = "teaching", pipeline_file: str | os.PathLike | No
         optics, fy = geo.BENCHMARK_OPTICS, 6466.56  # K[1, 1] of the benchmark's stored images
         return {"focus_mm": optics.focus_mm, "f_number": optics.f_number, "focal_mm": optics.focal_mm,
                 "pixel_um": optics.pixel_um, "fy_px": fy, "resize": fy / optics.fy_full_px,
-                "k_dp": geo.BENCHMARK_K_DP, "size": None, "label": "the face benchmark's camera"}
+                "k_dp": geo.BENCHMARK_K_DP, "size": None, "label": "the face benchmark's camera",
+                "cameras": dict(geo.BENCHMARK_CAMERA_AB), "search_px": _search_range("full")}
     if camera != "teaching":
         raise ValueError(f"camera must be 'benchmark' or 'teaching', got {camera!r}")
     from dpface_lib.pipeline import dataset_options
@@ -176,10 +178,21 @@ def camera_setup(camera: str = "teaching", pipeline_file: str | os.PathLike | No
     if not options:
         raise ValueError(f"{pipeline_file}: no 'dataset:' section, so there is no teaching camera")
     cfg = parse_args([*simulate_argv(options), "--out", str(RUNS_DIR / "unused")])  # parsed, nothing written
-    cam = group_rig(cfg, 0)[0]
-    fy = float(cam.K[1, 1])
-    lens = cam.optics  # its pixel_um is the stored-image pitch 1000 f / fy
+    rig = group_rig(cfg, 0)
+    k = disparity_per_coc(getattr(cfg, "dp_tau", cfg.tau), cfg.psf)  # the softness the simulator uses
+    fy = float(rig[0].K[1, 1])
+    lens = rig[0].optics  # its pixel_um is the stored-image pitch 1000 f / fy
     return {"focus_mm": lens.focus_mm, "f_number": lens.f_number, "focal_mm": lens.focal_mm,
             "pixel_um": lens.pixel_um, "fy_px": fy, "resize": fy / lens.fy_full_px,
-            "k_dp": disparity_per_coc(cfg.tau, cfg.psf), "size": (cfg.height, cfg.width),
-            "label": f"the teaching set's camera ({pipeline_file.name})"}
+            "k_dp": k, "size": (cfg.height, cfg.width),
+            "label": f"the teaching set's camera ({getattr(cfg, 'camera', 'rig')}, {pipeline_file.name})",
+            "cameras": {c.index: c.ab(k) for c in rig}, "search_px": _search_range("tiny")}
+
+
+def _search_range(profile: str) -> tuple[float, float]:
+    """(min_disp, max_disp) px that the cost-volume models search in ``profile`` (PSMNet's config)."""
+    from dpface_lib.models import load_config
+
+    config = load_config("psmnet")
+    args = {**config["model"]["args"], **config["profiles"][profile].get("model", {})}
+    return float(args["min_disp"]), float(args["max_disp"])

@@ -12,11 +12,15 @@ import numpy as np
 
 from dpface_lib.geometry import backproject, normals_to_rgb
 
-__all__ = ["Panel", "face_points", "learning_curves", "normal_image", "point_cloud_figure",
-           "prediction_panels", "robust_range", "show_panels"]
+__all__ = ["MAX_COLUMNS", "Panel", "face_points", "learning_curves", "map_panels", "measured_vs_true",
+           "normal_image", "point_cloud_figure", "prediction_panels", "robust_range", "shared_range",
+           "show_panels"]
 
-#: One image panel: (title, image (H, W) or (H, W, 3), colormap or None for RGB, (vmin, vmax) or None).
-Panel = tuple[str, np.ndarray, str | None, tuple[float, float] | None]
+#: One image panel: (title, image (H, W) or (H, W, 3), colormap or None for RGB, (vmin, vmax) or None),
+#: optionally followed by the unit of the colour bar (e.g. ``"px"``, ``"mm"``).
+Panel = tuple  # (str, np.ndarray, str | None, tuple[float, float] | None[, str])
+#: Panels per row of :func:`show_panels` unless asked otherwise: wider strips get unreadably small.
+MAX_COLUMNS = 4
 
 
 def robust_range(image: np.ndarray, mask: np.ndarray | None = None,
@@ -29,6 +33,73 @@ def robust_range(image: np.ndarray, mask: np.ndarray | None = None,
         return 0.0, 1.0
     low, high = np.percentile(values[keep], [percent, 100.0 - percent])
     return float(low), float(high)
+
+
+def shared_range(*maps: np.ndarray, mask: np.ndarray | None = None, percent: float = 1.0,
+                 symmetric: bool = False) -> tuple[float, float]:
+    """One colour range for several maps of the same quantity (ground truth and predictions): the
+    :func:`robust_range` of their pooled finite pixels (inside ``mask``), so equal colours mean equal values.
+
+    ``symmetric=True`` centres the range on 0 (for signed errors and differences).
+    """
+    pooled = [np.asarray(m, dtype=np.float64)[np.asarray(mask, dtype=bool)] if mask is not None
+              else np.asarray(m, dtype=np.float64).ravel() for m in maps]
+    low, high = robust_range(np.concatenate(pooled) if pooled else np.zeros(0), percent=percent)
+    if symmetric:
+        high = max(abs(low), abs(high))
+        low = -high
+    return low, high
+
+
+def map_panels(maps: Mapping[str, np.ndarray], mask: np.ndarray | None = None, *, unit: str = "px",
+               cmap: str = "viridis", error_of: tuple[str, str] | None = None,
+               error_cmap: str = "magma") -> list[Panel]:
+    """Panels of maps of one quantity on one shared colour scale (:func:`shared_range`), pixels outside
+    ``mask`` blank; with ``error_of=(pred, gt)`` a last panel ``|pred - gt|`` on its own scale from 0.
+
+    Args:
+        maps: ``{title: (H, W) map}``, e.g. ``{"GT disparity": gt, "prediction": pred}``.
+        mask: (H, W) bool, the pixels that count (all when None).
+        unit: the unit of the values (colour bar label).
+    """
+    keep = np.ones(next(iter(maps.values())).shape, bool) if mask is None else np.asarray(mask, dtype=bool)
+    shown = {name: np.where(keep, np.asarray(m, dtype=np.float64), np.nan) for name, m in maps.items()}
+    limits = shared_range(*shown.values(), mask=keep)
+    panels: list[Panel] = [(name, m, cmap, limits, unit) for name, m in shown.items()]
+    if error_of is not None:
+        error = np.abs(shown[error_of[0]] - shown[error_of[1]])
+        panels.append((f"|{error_of[0]} - {error_of[1]}|", error, error_cmap,
+                       (0.0, robust_range(error, keep)[1]), unit))
+    return panels
+
+
+def measured_vs_true(ax, true: np.ndarray, measured: np.ndarray, colour: np.ndarray | None = None, *,
+                     unit: str = "px", colour_label: str = "", max_points: int = 4000,
+                     seed: int = 0) -> float:
+    """Scatter of measured against true values (1-D arrays of the same pixels) with the identity line;
+    points coloured by ``colour`` (with a colour bar labelled ``colour_label``) when given.
+
+    Returns the RMS error ``sqrt(mean((measured - true)^2))`` over all points (the plot shows a seeded
+    subset of at most ``max_points``), also written in the title.
+    """
+    import matplotlib.pyplot as plt
+
+    true = np.asarray(true, dtype=np.float64).ravel()
+    measured = np.asarray(measured, dtype=np.float64).ravel()
+    rms = float(np.sqrt(np.mean((measured - true) ** 2))) if true.size else float("nan")
+    idx = np.arange(true.size)
+    if idx.size > max_points:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, size=max_points, replace=False))
+    artist = ax.scatter(true[idx], measured[idx], s=3, alpha=0.6,
+                        c=None if colour is None else np.asarray(colour).ravel()[idx], cmap="viridis")
+    if colour is not None:
+        plt.colorbar(artist, ax=ax, fraction=0.046, label=colour_label)
+    lo, hi = robust_range(np.concatenate([true, measured]), percent=0.5)
+    pad = 0.05 * (hi - lo + 1e-9)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="measured = true")
+    ax.set(xlabel=f"true ({unit})", ylabel=f"measured ({unit})", title=f"RMS error {rms:.3f} {unit}")
+    ax.legend(fontsize=7, loc="upper left")
+    return rms
 
 
 def normal_image(normals: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -63,41 +134,43 @@ def prediction_panels(sample: Mapping[str, np.ndarray], pred: Mapping[str, np.nd
     shown = lambda x: np.where(mask, x, np.nan)  # noqa: E731
     own_range = robust_range(disparity, mask)
     panels: list[Panel] = [("input", np.clip(image, 0, 1), None, None),
-                           ("GT disparity (px)", shown(gt), "viridis", gt_range),
-                           (f"{label}, own range", shown(disparity), "viridis", own_range)]
+                           ("GT disparity (px)", shown(gt), "viridis", gt_range, "px"),
+                           (f"{label}, own range", shown(disparity), "viridis", own_range,
+                            "px" if "disparity" in pred else "1/mm")]
     if affine is not None:
         aligned = affine[0] * disparity + affine[1]
-        panels += [("affine-aligned prediction", shown(aligned), "viridis", gt_range),
-                   ("|aligned - GT| (px)", shown(np.abs(aligned - gt)), "magma", None)]
+        panels += [("affine-aligned prediction\n(GT's scale)", shown(aligned), "viridis", gt_range, "px"),
+                   ("|aligned - GT| (px)", shown(np.abs(aligned - gt)), "magma", None, "px")]
     if "normal" in pred and "normal" in sample:
         gn, pn = np.asarray(sample["normal"], dtype=np.float64), np.asarray(pred["normal"], dtype=np.float64)
         lengths = np.maximum(np.linalg.norm(pn, axis=0) * np.linalg.norm(gn, axis=0), 1e-12)
         angle = np.degrees(np.arccos(np.clip((gn * pn).sum(0) / lengths, -1.0, 1.0)))
         panels += [("GT normals", normal_image(gn, mask), None, None),
                    ("predicted normals", normal_image(pn, mask), None, None),
-                   ("normal error (deg)", shown(angle), "magma", None)]
+                   ("normal error (deg)", shown(angle), "magma", None, "deg")]
     return panels
 
 
 def show_panels(panels: Sequence[Panel], axes=None, *, ncols: int | None = None, size: float = 2.6):
-    """Draw panels on ``axes`` (a sequence of matplotlib axes; new figure when None), a colour bar beside
-    every colormapped panel. Returns the axes."""
+    """Draw panels on ``axes`` (a sequence of matplotlib axes; new figure when None, wrapped at
+    :data:`MAX_COLUMNS` panels a row unless ``ncols`` says otherwise), a colour bar beside every colormapped
+    panel, labelled with the panel's unit when it has one. Returns the axes."""
     import matplotlib.pyplot as plt
 
     if axes is None:
-        ncols = ncols or len(panels)
+        ncols = ncols or min(len(panels), MAX_COLUMNS)
         nrows = -(-len(panels) // ncols)
         _, grid = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + 0.3) * nrows), squeeze=False)
         axes = grid.ravel()
         for ax in axes[len(panels):]:
             ax.axis("off")
-    for ax, (title, image, cmap, limits) in zip(axes, panels, strict=False):
+    for ax, (title, image, cmap, limits, *unit) in zip(axes, panels, strict=False):
         artist = ax.imshow(image, cmap=cmap, vmin=limits[0] if limits else None,
                            vmax=limits[1] if limits else None)
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=9)
         ax.axis("off")
         if cmap is not None:
-            plt.colorbar(artist, ax=ax, fraction=0.046)
+            plt.colorbar(artist, ax=ax, fraction=0.046, label=unit[0] if unit else "")
     return axes
 
 
