@@ -156,8 +156,8 @@ def load_pipeline(path: str | os.PathLike, base_dir: str | os.PathLike | None = 
             raise PipelineError(f"{where}: each step needs 'name' and 'notebook'")
         name = str(step["name"])
         where = f"{path}: step {name!r}"
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise PipelineError(f"{where}: name may only use letters, digits, '_', '.', '-'")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or set(name) == {"."}:  # '.', '..': not a folder name
+            raise PipelineError(f"{where}: name may only use letters, digits, '_', '.', '-' (not only dots)")
         if name in seen:
             raise PipelineError(f"{where}: duplicate step name")
         seen.add(name)
