@@ -6,6 +6,8 @@ Environment:
   CUDA_HOME            CUDA toolkit prefix; TORCH_CUDA_ARCH_LIST picks the GPU architectures (e.g. "9.0").
   MAX_JOBS             parallel compile jobs (ninja).
   DPFACE_DEBUG=1       -O0 -g.
+  CC / CXX             the C++ compiler: gcc, or clang (Debian's, or Apple's from the Xcode command-line
+                       tools); no OpenMP is needed.
 """
 
 import glob
@@ -50,7 +52,9 @@ def extensions():
     with_cuda = _with_cuda()
     os.chdir(HERE)  # sources are given relative to this folder
     sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")))
-    cxx = [*opt, "-fopenmp"]  # torch adds -DPy_LIMITED_API for py_limited_api=True
+    # No -fopenmp: the CPU kernels run on torch's own thread pool (csrc/parallel.h), so any C++17 compiler
+    # builds them, Apple's clang included. torch adds -DPy_LIMITED_API for py_limited_api=True.
+    cxx = [*opt]
     args = {"cxx": cxx}
     macros = []
     kind = CppExtension
@@ -66,7 +70,6 @@ def extensions():
             sources,
             define_macros=macros,
             extra_compile_args=args,
-            extra_link_args=["-fopenmp"],
             py_limited_api=True,
         )
     ]

@@ -1,17 +1,18 @@
-// CPU kernels of the 3D deformable convolution, parallelised with at::parallel_for (OpenMP).
+// CPU kernels of the 3D deformable convolution, parallelised on torch's intra-op thread pool (at::parallel_for
+// through dpface::parallel_for, parallel.h; no OpenMP needed at build time).
 //
 // Work is cut into blocks of kBlock output voxels for one (offset group, sampling point): the sampling positions
 // of a block are computed once into a small table and reused for every channel of the offset group, so
 // positions are never recomputed per channel and the table stays in cache.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "deform_conv3d.h"
+#include "parallel.h"
 
 namespace dpface {
 namespace {
@@ -115,7 +116,7 @@ void im2col_cpu(const DeformConv3dShape& s, const scalar_t* padded_input, const 
   const PaddedGeometry pg(s);
   const int64_t blocks = (s.L + kBlock - 1) / kBlock;
   const int64_t tasks = s.offset_groups * s.K * blocks;
-  at::parallel_for(0, tasks, grain_for(kBlock * 8 * s.channels_per_offset_group), [&](int64_t begin, int64_t end) {
+  parallel_for(0, tasks, grain_for(kBlock * 8 * s.channels_per_offset_group), [&](int64_t begin, int64_t end) {
     SampleTable<scalar_t> table;
     std::vector<scalar_t> weights(8 * kBlock);  // [i][8], modulation folded in
     for (int64_t task = begin; task < end; ++task) {
@@ -148,7 +149,7 @@ void col2im_cpu(const DeformConv3dShape& s, const scalar_t* grad_columns, const 
   const PaddedGeometry pg(s);
   const int64_t blocks = (s.L + kBlock - 1) / kBlock;
   const int64_t cpg = s.channels_per_offset_group;
-  at::parallel_for(0, s.C, grain_for(s.K * s.L * 8), [&](int64_t c_begin, int64_t c_end) {
+  parallel_for(0, s.C, grain_for(s.K * s.L * 8), [&](int64_t c_begin, int64_t c_end) {
     SampleTable<scalar_t> table;
     std::vector<scalar_t> weights(8 * kBlock);
     for (int64_t g = c_begin / cpg; g * cpg < c_end; ++g) {
@@ -182,7 +183,7 @@ void offset_mask_grad_cpu(const DeformConv3dShape& s, const scalar_t* grad_colum
   const PaddedGeometry pg(s);
   const int64_t blocks = (s.L + kBlock - 1) / kBlock;
   const int64_t tasks = s.offset_groups * s.K * blocks;
-  at::parallel_for(0, tasks, grain_for(kBlock * 8 * s.channels_per_offset_group), [&](int64_t begin, int64_t end) {
+  parallel_for(0, tasks, grain_for(kBlock * 8 * s.channels_per_offset_group), [&](int64_t begin, int64_t end) {
     SampleTable<scalar_t> table;
     std::vector<scalar_t> acc(4 * kBlock);  // [value, d/dt, d/dh, d/dw][kBlock]
     const int64_t* step = pg.corner_step;

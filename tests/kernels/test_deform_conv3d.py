@@ -95,6 +95,35 @@ def test_saved_columns_are_the_reference_samples_and_give_the_same_gradients(dev
         torch.testing.assert_close(got, want, rtol=0, atol=atol)
 
 
+def test_any_thread_count_gives_the_same_result():
+    """The CPU kernels split their work over torch's threads (torch.set_num_threads) into disjoint ranges:
+    on a problem large enough to be split, one thread and two give bit-identical sampled columns, equal to the
+    reference's, and the same gradients."""
+    p = make_problem(n=1, c=8, o=4, size=(4, 12, 16), offset_groups=2, offset_scale=2.0)
+    args = op_args(p)
+    grad_out = torch.randn(1, 4, 4, 12, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    results = {}
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            _, columns = torch.ops.dpface.deform_conv3d(*args, True)
+            grads = torch.ops.dpface.deform_conv3d_backward(
+                grad_out, p["input"], p["offset"], p["weight"], p["mask"], None, *args[5:], [True, True, True]
+            )
+            results[n_threads] = (columns, *grads)
+    finally:
+        torch.set_num_threads(threads)
+    sampled = reference.sample_columns(
+        p["input"], p["offset"], p["mask"], (3, 3, 3), p["stride"], p["padding"], p["dilation"], 2
+    )
+    torch.testing.assert_close(results[1][0], sampled.reshape(results[1][0].shape))
+    torch.testing.assert_close(results[2][0], results[1][0], rtol=0, atol=0)
+    names = ("input", "offset", "weight", "mask")
+    for name, one, two in zip(names, results[1][1:], results[2][1:], strict=True):
+        torch.testing.assert_close(two, one, msg=name)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("wanted", ["input", "offset", "weight", "mask", "offset_and_weight"])
 def test_only_the_wanted_gradients_are_computed(wanted, device):
