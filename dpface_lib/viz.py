@@ -13,8 +13,8 @@ import numpy as np
 from dpface_lib.geometry import backproject, normals_to_rgb
 
 __all__ = ["MAX_COLUMNS", "Panel", "face_points", "learning_curves", "map_panels", "measured_vs_true",
-           "normal_image", "point_cloud_figure", "prediction_panels", "robust_range", "shared_range",
-           "show_panels"]
+           "normal_image", "point_cloud_figure", "prediction_panels", "robust_range", "sample_panels",
+           "shared_range", "show_panels"]
 
 #: One image panel: (title, image (H, W) or (H, W, 3), colormap or None for RGB, (vmin, vmax) or None),
 #: optionally followed by the unit of the colour bar (e.g. ``"px"``, ``"mm"``).
@@ -106,6 +106,23 @@ def normal_image(normals: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """(H, W, 3) colours of (3, H, W) normals with the kit's one convention (``geometry.normals_to_rgb``,
     ``(n + 1) / 2``), white outside ``mask``."""
     return np.where(np.asarray(mask, dtype=bool)[..., None], normals_to_rgb(np.asarray(normals)), 1.0)
+
+
+def sample_panels(sample: Mapping[str, np.ndarray], diff_gain: float = 8.0) -> list[Panel]:
+    """The eight panels of one sample as ``dpface_lib.data.read_sample`` returns it: left, right, lrsum,
+    the left - right difference amplified ``diff_gain`` times around grey, depth (mm) on the face, normals as
+    RGB, mask, albedo."""
+    mask = np.asarray(sample["mask"], dtype=bool)
+    diff = (np.asarray(sample["left"]) - np.asarray(sample["right"])).mean(-1)
+    return [("left", sample["left"], None, None), ("right", sample["right"], None, None),
+            ("lrsum", sample["lrsum"], None, None),
+            (f"(left - right) x {diff_gain:g}, around 0.5", np.clip(0.5 + diff_gain * diff, 0, 1), "RdBu_r",
+             (0.0, 1.0), "0.5 + gain x difference"),
+            ("depth (mm)", np.where(mask, sample["depth"], np.nan), "viridis", None, "mm"),
+            ("normals as RGB", normal_image(np.moveaxis(np.asarray(sample["normal"]), -1, 0), mask), None,
+             None),
+            ("mask", mask.astype(float), "gray", (0.0, 1.0), "face = 1"),
+            ("albedo", np.clip(sample["albedo"], 0, 1), None, None)]
 
 
 def prediction_panels(sample: Mapping[str, np.ndarray], pred: Mapping[str, np.ndarray], *,
