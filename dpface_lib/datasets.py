@@ -13,6 +13,8 @@ Kinds (layouts in ``docs/datasets.md``, with sources):
   scaled_images}/<capture>/result_*_<view>.*``; the ``center`` view is the evaluated one;
 - ``dpdd``: Abuolaim & Brown, ECCV 2020 (Canon): ``<split>_{c,l,r}/source/*.png`` and ``<split>_c/target``,
   paired **by sorted order** (names differ between folders); no depth;
+- ``pixel4-defocus``, ``dslr-dp``: real captures of Xin et al., ICCV 2021 and Punnappurath et al., ICCP 2020
+  (:mod:`dpface_lib.datasets_real`), their DP shift turned onto rows (``meta["dp_axis"]`` is the file's);
 - ``dp5k``: Li et al., ICCP 2023: ``<split>/<capture>/meta_data.h5`` and ``cam{0,1}/{FN_22.png, dep.png,
   FN_<N>_{l,r,c}.png}``; ``a``/``b`` follow from the thin lens (:func:`dpface_lib.geometry.thin_lens_ab`).
 """
@@ -21,21 +23,20 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
+from dpface_lib.datasets_base import DPDataset, read_grey, read_views
+from dpface_lib.datasets_real import dslr, dslr_root, pixel4, pixel4_root
 from dpface_lib.geometry import BENCHMARK_K_DP, Optics, thin_lens_ab
-from dpface_lib.images import ImageError, drop_alpha, read_image
 from dpface_lib.layout import DatasetError, load_npy
 
 __all__ = ["KINDS", "DPDataset", "detect_kind", "open_dataset", "rgb_pair"]
 
-KINDS = ("facedp", "google-dp", "dpdd", "dp5k")
+KINDS = ("facedp", "google-dp", "dpdd", "dp5k", "pixel4-defocus", "dslr-dp")
 GOOGLE_VIEWS = ("left", "right", "top", "bottom", "center")
 #: What ``detect_kind`` looks for, per kind (said in its error message).
 SIGNATURES = {
@@ -43,6 +44,8 @@ SIGNATURES = {
     "google-dp": "<root>/<split>/merged_depth/<capture>/ (or <root>/merged_depth/)",
     "dpdd": "<root>/<split>_c/source/",
     "dp5k": "<root>/<split>/<capture>/meta_data.h5 with cam0/",
+    "pixel4-defocus": "<root>[/DP_data_pixel_4]/NNN_left.png with calibration/blur_kernels_left.npy",
+    "dslr-dp": "<root>[/GT_data]/NNN_L.jpg with NNN_R.jpg and NNN_D.TIF",
 }
 
 
@@ -59,17 +62,12 @@ def detect_kind(root: str | os.PathLike, split: str = "test") -> str:
         return "dpdd"
     if any((root / split).glob("*/meta_data.h5")):
         return "dp5k"
+    if pixel4_root(root) is not None:
+        return "pixel4-defocus"
+    if dslr_root(root) is not None:
+        return "dslr-dp"
     tried = "; ".join(f"{kind}: {where}" for kind, where in SIGNATURES.items())
     raise DatasetError(f"{root}: not a known dual-pixel layout for split {split!r}; looked for {tried}")
-
-
-def _image(path: Path) -> torch.Tensor:
-    """``(C, H, W)`` float32 in [0, 1] at the file's precision; alpha dropped (:func:`drop_alpha`)."""
-    try:
-        array, _ = read_image(path)
-    except ImageError as exc:
-        raise DatasetError(str(exc)) from exc
-    return torch.from_numpy(np.ascontiguousarray(drop_alpha(array, path).transpose(2, 0, 1)))
 
 
 def rgb_pair(item: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -79,35 +77,6 @@ def rgb_pair(item: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
              for key in ("left", "right")]
     left, right = (view.permute(1, 2, 0).numpy() for view in views)
     return left, right
-
-
-def _grey(path: Path) -> tuple[np.ndarray, int]:
-    """First channel ``(H, W)`` float32 in [0, 1] and the bit depth."""
-    try:
-        array, bits = read_image(path)
-    except ImageError as exc:
-        raise DatasetError(str(exc)) from exc
-    return array[..., 0], bits
-
-
-class DPDataset(Dataset):
-    """Items of one dual-pixel dataset (see the module docstring); ``self.kind``, ``self.items`` (what each
-    item is read from) and ``len``. Build it with :func:`open_dataset`."""
-
-    def __init__(self, kind: str, root: Path, split: str, items: list[dict[str, Any]],
-                 read: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        if not items:
-            raise DatasetError(f"{root}: no {kind} sample found for split {split!r}")
-        self.kind, self.root, self.split, self.items, self._read = kind, root, split, items, read
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self._read(self.items[i])
-
-    def __repr__(self) -> str:
-        return f"DPDataset(kind={self.kind!r}, root={str(self.root)!r}, split={self.split!r}, n={len(self)})"
 
 
 # ------------------------------------------------------------------------------------------- facedp
@@ -128,7 +97,7 @@ def _facedp(root: Path, split: str, **options: Any) -> DPDataset:
 
 
 # ---------------------------------------------------------------------------------------- google-dp
-def _google(root: Path, split: str, view: str = "center") -> DPDataset:
+def _google(root: Path, split: str, view: str = "center", keep_resolution: bool = False) -> DPDataset:
     if view not in GOOGLE_VIEWS:
         raise DatasetError(f"google-dp view must be one of {GOOGLE_VIEWS}, got {view!r}")
     base = root / split if (root / split / "merged_depth").is_dir() else root
@@ -147,8 +116,8 @@ def _google(root: Path, split: str, view: str = "center") -> DPDataset:
             items.append({"capture": name, **paths})
 
     def read(item: dict[str, Any]) -> dict[str, Any]:
-        left, right = _image(item["left"]), _image(item["right"])
-        depth, bits = _grey(item["depth"])
+        left, right = read_views(item["left"]), read_views(item["right"])
+        depth, bits = read_grey(item["depth"])
         if item["confidence"].is_file():
             confidence = load_npy(item["confidence"]).astype(np.float32)
         elif item["confidence_exr"].is_file():
@@ -160,14 +129,22 @@ def _google(root: Path, split: str, view: str = "center") -> DPDataset:
         if confidence.shape != depth.shape:
             raise DatasetError(f"{item['confidence']}: shape {confidence.shape} does not match the depth map "
                                f"{depth.shape}")
+        target, weight = torch.from_numpy(depth.astype(np.float32)), torch.from_numpy(confidence)
+        scale = 1.0
         if left.shape[1:] != depth.shape:  # the PD images may come at another resolution than the depth
             resize = torch.nn.functional.interpolate
-            left, right = (resize(x[None], size=depth.shape, mode="area")[0] for x in (left, right))
+            if keep_resolution:  # the ground truth is brought to the PD images (nearest), not the reverse
+                scale = left.shape[1] / depth.shape[0]
+                target, weight = (resize(x[None, None], size=left.shape[1:], mode="nearest")[0, 0]
+                                  for x in (target, weight))
+            else:  # area-resized PD images: every disparity shrinks by the same factor
+                left, right = (resize(x[None], size=depth.shape, mode="area")[0] for x in (left, right))
         return {"left": left, "right": right, "sample_id": f"{item['capture']}/{view}",
-                "inverse_depth": torch.from_numpy(depth.astype(np.float32)),
-                "confidence": torch.from_numpy(confidence),
-                "meta": {"capture": item["capture"], "view": view, "depth_bits": bits,
-                         "note": "inverse depth up to an affine map; no (a, b)"}}
+                "inverse_depth": target, "confidence": weight,
+                "meta": {"capture": item["capture"], "view": view, "depth_bits": bits, "gt_scale": scale,
+                         "dp_axis": "rows", "transposed": False,
+                         "note": "inverse depth up to an affine map; no (a, b); gt_scale = PD px per "
+                                 "ground-truth px (the ground truth is upsampled by it)"}}
 
     return DPDataset("google-dp", root, split, items, read)
 
@@ -185,7 +162,7 @@ def _dpdd(root: Path, split: str) -> DPDataset:
     items = [{key: files[i] for key, files in listing.items() if files} for i in range(len(listing["left"]))]
 
     def read(item: dict[str, Any]) -> dict[str, Any]:
-        out = {key: _image(item[key]) for key in ("left", "right", "combined", "target") if key in item}
+        out = {key: read_views(item[key]) for key in ("left", "right", "combined", "target") if key in item}
         out["sample_id"] = item["combined"].stem
         out["meta"] = {"files": {k: str(v) for k, v in item.items()}, "note": "no depth in DPDD"}
         return out
@@ -217,14 +194,14 @@ def _dp5k(root: Path, split: str, k: float = BENCHMARK_K_DP, focal_mm: float = D
         facts = _h5_facts(item["meta"], item["cam"], focal_mm, pixel_mm)
         folder, stem = item["folder"], item["stem"]
         depth_path = folder / "dep.png"
-        depth, bits = _grey(depth_path)
+        depth, bits = read_grey(depth_path)
         if bits != 16:
             raise DatasetError(f"{depth_path}: depth must be a 16-bit PNG in mm, found {bits}-bit")
         depth_mm = np.round(depth * 65535.0).astype(np.float32)
         optics = Optics(focal_mm=facts["focal_mm"], focus_mm=facts["focus_mm"], f_number=item["f_number"],
                         pixel_um=facts["pixel_mm"] * 1000.0)
         a, b = thin_lens_ab(optics, None, k)  # fy = focal / pixel pitch, as DP5K's own CoC map
-        out = {"left": _image(folder / f"{stem}_l.png"), "right": _image(folder / f"{stem}_r.png"),
+        out = {"left": read_views(folder / f"{stem}_l.png"), "right": read_views(folder / f"{stem}_r.png"),
                "depth": torch.from_numpy(depth_mm), "mask": torch.from_numpy(depth_mm > 0),
                "a": float(a), "b": float(b),
                "sample_id": f"{item['meta'].parent.name}/cam{item['cam']}/{stem}",
@@ -232,7 +209,7 @@ def _dp5k(root: Path, split: str, k: float = BENCHMARK_K_DP, focal_mm: float = D
                         "focal_mm": facts["focal_mm"], "pixel_mm": facts["pixel_mm"]}}
         for key, name in (("combined", f"{stem}_c.png"), ("sharp", "FN_22.png")):
             if (folder / name).is_file():
-                out[key] = _image(folder / name)
+                out[key] = read_views(folder / name)
         return out
 
     return DPDataset("dp5k", root, split, items, read)
@@ -263,14 +240,19 @@ def open_dataset(root: str | os.PathLike, split: str = "test", kind: str = "auto
     """The ``split`` of the dual-pixel dataset at ``root`` as a torch ``Dataset`` of item dicts.
 
     ``kind``: one of :data:`KINDS` or ``"auto"`` (:func:`detect_kind`). ``options`` go to the reader:
-    ``view`` (google-dp, default ``"center"``); ``k`` (dp5k: DP disparity per CoC pixel, default the
-    benchmark sensor's, since DP5K does not calibrate it), ``focal_mm`` and ``pixel_mm`` (dp5k: used when
-    ``meta_data.h5`` lacks them; defaults 85 mm and 36/1680 mm as DP5K's own loader); FaceDPDataset filters
-    (facedp).
+    ``view`` (google-dp, default ``"center"``), ``keep_resolution`` (google-dp: keep the PD images at their
+    own size, about twice the depth map's, and upsample the ground truth instead; default ``False`` resizes
+    the PD images to the depth map, which halves every disparity); ``vignetting`` (pixel4-defocus, dslr-dp:
+    correct the right view's gain, default ``True``), ``downsample`` (pixel4-defocus, dslr-dp: integer
+    area-averaging factor, default 1), ``vignetting_window`` (px); ``k`` (dp5k: DP disparity per CoC pixel,
+    default the benchmark sensor's, since DP5K does not calibrate it), ``focal_mm`` and ``pixel_mm`` (dp5k:
+    used when ``meta_data.h5`` lacks them; defaults 85 mm and 36/1680 mm as DP5K's own loader);
+    FaceDPDataset filters (facedp).
     """
     root = Path(root)
     kind = detect_kind(root, split) if kind == "auto" else kind
-    readers = {"facedp": _facedp, "google-dp": _google, "dpdd": _dpdd, "dp5k": _dp5k}
+    readers = {"facedp": _facedp, "google-dp": _google, "dpdd": _dpdd, "dp5k": _dp5k,
+               "pixel4-defocus": pixel4, "dslr-dp": dslr}
     if kind not in readers:
         raise DatasetError(f"unknown dataset kind {kind!r}; expected 'auto' or one of {KINDS}")
     return readers[kind](root, split, **options)

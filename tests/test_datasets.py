@@ -203,3 +203,101 @@ def test_predict_command_reads_an_item_of_any_layout(simulated, tmp_path: Path, 
     assert cli.main(["predict", "--data-root", str(simulated["dpdd"]), "--sample", "99", "--a", "-20000",
                      "--b", "25", "--out", str(tmp_path / "c")]) == 2
     assert "--sample 99 is out of range" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+# ------------------------------------------------------------------------------- real-capture layouts
+@pytest.fixture(scope="module")
+def real(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    from real_fixtures import write_dslr, write_google_double, write_pixel4
+
+    base = tmp_path_factory.mktemp("real")
+    return {"pixel4-defocus": (base / "p4", write_pixel4(base / "p4")),
+            "dslr-dp": (base / "dslr", write_dslr(base / "dslr")),
+            "google-dp": (base / "g", write_google_double(base / "g"))}
+
+
+def test_real_layouts_are_detected_from_their_folder_or_its_parent(real) -> None:
+    root, _ = real["pixel4-defocus"]
+    assert detect_kind(root) == detect_kind(root / "DP_data_pixel_4") == "pixel4-defocus"
+    root, _ = real["dslr-dp"]
+    assert detect_kind(root) == detect_kind(root / "GT_data") == "dslr-dp"
+
+
+def test_pixel4_black_level_vignetting_central_field_and_dp_shift_onto_rows(real) -> None:
+    root, truth = real["pixel4-defocus"]
+    dataset = open_dataset(root, kind="pixel4-defocus")
+    assert [item["sample_id"] for item in dataset] == sorted(truth)
+    for item in dataset:
+        ref = truth[item["sample_id"]]
+        assert item["meta"]["dp_axis"] == "columns" and item["meta"]["transposed"]
+        tol = 1.0 / (2**14 - 1)  # one 14-bit count
+        assert np.allclose(item["left"][0].numpy(), ref["left"].T, atol=tol)
+        assert np.allclose(item["right"][0].numpy(), ref["right"].T, atol=2 * tol)  # gain 0.8 undone
+        # the column shift of the files is a row shift of the item: right(y, x) = left(y - d, x)
+        d = ref["d"].T
+        inner = np.zeros_like(d, bool)
+        inner[3:-3] = True  # rows whose source row y - d lies inside the field
+        ys, xs = np.nonzero(inner)
+        moved = item["left"][0].numpy()[ys - d[ys, xs], xs]
+        assert np.allclose(item["right"][0].numpy()[ys, xs], moved, atol=2 * tol)
+        labelled = ref["target"].T > 0
+        assert np.array_equal(item["mask"].numpy(), labelled)
+        assert np.allclose(item["inverse_depth"].numpy()[labelled], ref["target"].T[labelled] / 255.0)
+        kernels = item["kernels"].numpy()  # (2, rows, cols, k, k), grid and kernels turned
+        assert kernels.shape == (2, 4, 3, 5, 5)
+        assert np.array_equal(kernels[1, 3, 1], ref["kernels"][1, 1 * 4 + 3].T)
+        assert np.allclose(item["all_in_focus"][0].numpy(), ref["sharp"].T, atol=1 / 65535)
+    raw = open_dataset(root, kind="pixel4-defocus", vignetting=False)[0]
+    ref = truth[raw["sample_id"]]
+    assert np.allclose(raw["right"][0].numpy(), 0.8 * ref["right"].T, atol=2 / (2**14 - 1))
+
+
+def test_downsampling_keeps_only_wholly_labelled_blocks(real) -> None:
+    root, truth = real["pixel4-defocus"]
+    item = open_dataset(root, kind="pixel4-defocus", downsample=2)[0]
+    full = open_dataset(root, kind="pixel4-defocus")[0]
+    assert item["left"].shape == (1, 16, 12) and item["meta"]["downsample"] == 2
+    blocks = full["mask"].reshape(16, 2, 12, 2).all(3).all(1)
+    assert np.array_equal(item["mask"].numpy(), blocks.numpy())
+    means = full["inverse_depth"].reshape(16, 2, 12, 2).mean((1, 3))
+    assert torch.allclose(item["inverse_depth"][blocks], means[blocks])
+    with pytest.raises(DatasetError, match="downsample must be an integer >= 1"):
+        open_dataset(root, kind="pixel4-defocus", downsample=0)[0]
+
+
+def test_dslr_views_turned_and_gain_levelled_from_the_scene(real) -> None:
+    root, ref = real["dslr-dp"]
+    item = open_dataset(root, kind="dslr-dp")[0]
+    assert item["left"].shape == (3, 48, 32) and item["meta"]["dp_axis"] == "columns"
+    assert np.allclose(item["left"][1].numpy(), ref["left"].T, atol=0.6 / 255)
+    # the scene-levelled gain: right / (true right) is one number, near 1 / 0.9 * 0.9 = 1 (8-bit rounding)
+    ratio = item["right"][1].numpy() / ref["right"].T
+    assert abs(np.median(ratio) - 1.0) < 0.03
+    assert np.array_equal(item["mask"].numpy(), ref["target"].T > 0) and "combined" in item
+    raw = open_dataset(root, kind="dslr-dp", vignetting=False)[0]
+    assert np.median(raw["right"][1].numpy() / ref["right"].T) == pytest.approx(0.9, abs=0.01)
+
+
+def test_pixel4_rejects_8_bit_views_naming_the_file(real, tmp_path: Path) -> None:
+    import shutil
+
+    root = shutil.copytree(real["pixel4-defocus"][0], tmp_path / "p4")
+    view = root / "DP_data_pixel_4" / "001_left.png"
+    from dpface_lib.fileio import encode_png
+
+    view.write_bytes(encode_png(np.zeros((40, 56), np.uint8)))
+    with pytest.raises(DatasetError, match="001_left.png: Pixel 4 DP views must be 16-bit"):
+        open_dataset(root, kind="pixel4-defocus")[0]
+
+
+def test_google_keep_resolution_keeps_the_pd_size_and_reports_the_ground_truth_scale(real) -> None:
+    root, ref = real["google-dp"]
+    halved = open_dataset(root, kind="google-dp")[0]
+    assert halved["left"].shape == (1, 16, 12) and halved["meta"]["gt_scale"] == 1.0
+    whole = open_dataset(root, kind="google-dp", keep_resolution=True)[0]
+    assert whole["left"].shape == (1, 32, 24) and whole["meta"]["gt_scale"] == 2.0
+    assert whole["meta"]["dp_axis"] == "rows" and not whole["meta"]["transposed"]
+    assert np.allclose(whole["left"][0].numpy(), ref["left"], atol=1e-6)
+    up = np.repeat(np.repeat(ref["depth"] / 255.0, 2, 0), 2, 1)
+    assert np.allclose(whole["inverse_depth"].numpy(), up, atol=1e-6)
+    assert np.allclose(whole["confidence"].numpy(), np.repeat(np.repeat(ref["confidence"], 2, 0), 2, 1))
