@@ -2,12 +2,14 @@
 
 ``deform_conv3d`` is a 3D deformable convolution (trilinear sampling at learned offsets, optional DCNv2
 modulation, groups and offset groups), registered as the custom op ``torch.ops.dpface.deform_conv3d`` with CPU
-(OpenMP) and CUDA kernels in ``csrc/``. The op returns ``(output, columns)``: with ``save_columns`` the
-forward keeps its sampled columns for the weight gradient (within :data:`SAVE_COLUMNS_MAX_BYTES`), so the
-backward does not sample the input again. Shape inference (``register_fake``) and the backward
-(``register_autograd`` -> ``torch.ops.dpface.deform_conv3d_backward``, which computes only the gradients
-autograd needs) are registered here, so the op works with autograd and ``torch.compile``. Without the
-compiled library the pure-PyTorch ``reference`` is used, after one warning.
+and CUDA kernels in ``csrc/``. The CPU kernel runs on torch's intra-op threads (``torch.set_num_threads``) and
+builds without OpenMP (gcc, or clang: Debian's or Apple's). The op returns ``(output, columns)``: with
+``save_columns`` the forward keeps its sampled columns for the weight gradient (within
+:data:`SAVE_COLUMNS_MAX_BYTES`), so the backward does not sample the input again. Shape inference
+(``register_fake``) and the backward (``register_autograd`` -> ``torch.ops.dpface.deform_conv3d_backward``,
+which computes only the gradients autograd needs) are registered here, so the op works with autograd and
+``torch.compile``. Without the compiled library, or for tensors on a device it has no kernel for (Apple's
+MPS), the pure-PyTorch ``reference`` is used, after one warning that names why.
 """
 
 from __future__ import annotations
@@ -30,15 +32,19 @@ else:
     _LOAD_ERROR = None
 
 __all__ = [
-    "SAVE_COLUMNS_MAX_BYTES", "column_bytes", "column_shape", "deform_conv3d", "has_compiled", "has_cuda",
-    "reference",
+    "KERNEL_DEVICES", "SAVE_COLUMNS_MAX_BYTES", "column_bytes", "column_shape", "deform_conv3d",
+    "has_compiled", "has_cuda", "reference",
 ]
 
 _warned_fallback = False
+#: Device types the compiled library serves ("meta" through its shape functions); others use the reference.
+KERNEL_DEVICES = ("cpu", "cuda", "meta")
 
 
 def has_compiled() -> bool:
-    """True when the compiled op library was loaded (``torch.ops.dpface.deform_conv3d`` exists)."""
+    """True when the compiled op library was loaded (``torch.ops.dpface.deform_conv3d`` exists); False only
+    when it was not built, or failed to load (``_LOAD_ERROR`` says why, and so does the one warning that
+    :func:`deform_conv3d` gives before using the reference)."""
     return _C is not None
 
 
@@ -47,13 +53,16 @@ def has_cuda() -> bool:
     return _C is not None and bool(getattr(_C, "with_cuda", 0))
 
 
+_BUILD_HINT = "build the kernels with `make kernels` (pip install --no-build-isolation -e kernels)"
+
+
 def _warn_fallback(reason: str) -> None:
+    """One RuntimeWarning per process, naming why the reference is used."""
     global _warned_fallback
     if not _warned_fallback:
         _warned_fallback = True
         warnings.warn(
-            f"dpface_kernels: {reason}; using the slow pure-PyTorch reference for deform_conv3d. "
-            "Build the kernels with `make kernels` (pip install --no-build-isolation -e kernels).",
+            f"dpface_kernels: {reason}; using the slow pure-PyTorch reference for deform_conv3d.",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -94,10 +103,13 @@ def deform_conv3d(
         offset_groups,
     )
     if _C is None:
-        _warn_fallback(f"the compiled library is not available ({_LOAD_ERROR})")
+        _warn_fallback(f"the compiled library is not available ({_LOAD_ERROR}); {_BUILD_HINT}")
         return reference.deform_conv3d(input, offset, weight, bias, mask, *args)
     if input.is_cuda and not has_cuda():
-        _warn_fallback("the compiled library was built without CUDA kernels")
+        _warn_fallback(f"the compiled library was built without CUDA kernels; {_BUILD_HINT} with nvcc")
+        return reference.deform_conv3d(input, offset, weight, bias, mask, *args)
+    if input.device.type not in KERNEL_DEVICES:
+        _warn_fallback(f"the compiled library has no kernel for {input.device.type} tensors")
         return reference.deform_conv3d(input, offset, weight, bias, mask, *args)
     save = _save_columns(input, weight, args)
     return torch.ops.dpface.deform_conv3d(input, offset, weight, bias, mask, *args, save)[0]

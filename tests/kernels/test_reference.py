@@ -111,3 +111,21 @@ def test_fallback_warns_once_and_uses_reference(monkeypatch):
         second = call(dpface_kernels.deform_conv3d, p)
     torch.testing.assert_close(first, call(reference.deform_conv3d, p))
     torch.testing.assert_close(second, first)
+
+
+@pytest.mark.skipif(not dpface_kernels.has_compiled(), reason="needs the compiled library")
+def test_device_without_a_kernel_warns_once_and_uses_reference(monkeypatch):
+    """Tensors on a device the compiled library has no kernel for (Apple's MPS) take the reference, after
+    one warning naming the device; here the CPU plays that device. The compiled op differs from the reference
+    in the last bits, so exact equality shows which one ran."""
+    p = make_problem()
+    monkeypatch.setattr(dpface_kernels, "KERNEL_DEVICES", ("cuda", "meta"))
+    monkeypatch.setattr(dpface_kernels, "_warned_fallback", False)
+    with pytest.warns(RuntimeWarning, match="no kernel for cpu tensors"):
+        first = call(dpface_kernels.deform_conv3d, p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        second = call(dpface_kernels.deform_conv3d, p)
+    expected = call(reference.deform_conv3d, p)
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+    torch.testing.assert_close(second, expected, rtol=0, atol=0)
