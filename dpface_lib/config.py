@@ -10,7 +10,6 @@ and ``train:`` sections merged over :data:`DEFAULTS` by :func:`training_config`.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,8 @@ __all__ = ["DEFAULTS", "ConfigError", "merge", "native_bf16", "parse_key_value",
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {
         "train_split": "train",
-        "val_split": "test",            # the benchmark has no separate validation split
+        "val_split": "auto",            # auto: val.txt where the set has one (the teaching set), else test
+                                        # (the benchmark has no separate validation split)
         "val_subset": None,             # validate on this many evenly spaced samples of val_split (None: all)
         "lights": None,                 # e.g. [1]: the benchmark trains on light 1 only
         "batch_size": 4,
@@ -151,18 +151,18 @@ def native_bf16(device_type: str, cpuinfo: str | Path = "/proc/cpuinfo") -> bool
     """Whether bfloat16 matrix products run in hardware on ``device_type`` ("cpu" or "cuda").
 
     CUDA: :func:`torch.cuda.is_bf16_supported`. CPU: the x86 flags ``avx512_bf16`` or ``amx_bf16`` in
-    ``cpuinfo`` (Linux). Without them oneDNN emulates bfloat16, which is slower than float32, so the answer is
-    False there and on every other CPU.
+    ``cpuinfo`` (Linux), *and* the ISA limits of the environment leave them usable: torch's kernels at AVX-512
+    (``ATEN_CPU_CAPABILITY``) and oneDNN at ``AVX512_CORE_BF16`` or above (``ONEDNN_MAX_CPU_ISA``), see
+    :func:`dpface_lib.hostinfo.usable_bf16`. Without them oneDNN emulates bfloat16, which is slower than
+    float32, so the answer is False there and on every other CPU.
     """
+    from dpface_lib.hostinfo import usable_bf16
+
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device_type != "cpu":
         return False
-    try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return False
-    return re.search(r"^flags\s*:.*\b(avx512_bf16|amx_bf16)\b", text, flags=re.MULTILINE) is not None
+    return usable_bf16(cpuinfo)
 
 
 def resolve_precision(precision: str | int, accelerator: str = "auto") -> str | int:

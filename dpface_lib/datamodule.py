@@ -46,6 +46,15 @@ class DPFaceDataModule(pl.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
         self.train_sampler: StepSampler | None = None
 
+    @property
+    def val_split(self) -> str:
+        """The split validated on: ``data.val_split``, where ``auto`` is ``val`` if the set has a ``val.txt``
+        (the teaching set's validation persons) and ``test`` otherwise (the benchmark has no such split)."""
+        split = self.cfg["val_split"]
+        if split == "auto":
+            return "val" if (self.root / "val.txt").is_file() else "test"
+        return split
+
     def _dataset(self, split: str, train: bool) -> SeededSamples:
         from dpface_lib.data import FaceDPDataset
 
@@ -62,7 +71,7 @@ class DPFaceDataModule(pl.LightningDataModule):
             batch = min(self.cfg["batch_size"], n)
             self.train_sampler = StepSampler(n, self.seed, batch, drop_last=True)
         if stage in (None, "fit", "validate") and "val" not in self.datasets:
-            val = self._dataset(self.cfg["val_split"], train=False)
+            val = self._dataset(self.val_split, train=False)
             if self.cfg["val_subset"]:
                 val = Subset(val, evenly_spaced(len(val), int(self.cfg["val_subset"])))
             self.datasets["val"] = val

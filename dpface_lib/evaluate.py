@@ -45,7 +45,7 @@ from dpface_lib.metrics import METRIC_KEYS, EvaluationError, batch_metrics
 ID_KEYS = ("sample_id", "group", "person", "camidx", "lightidx", "viewidx", "expression", "position",
            "direction")
 #: lower-is-better metrics; the others (delta*, within_*) are higher-is-better.
-HIGHER_IS_BETTER = ("delta1", "delta2", "delta3", "within_11_25", "within_22_5", "within_30")
+HIGHER_IS_BETTER = ("relief_corr", "delta1", "delta2", "delta3", "within_11_25", "within_22_5", "within_30")
 
 
 def _rows(values: dict[str, Any], batch: dict[str, Any]) -> list[dict[str, Any]]:
@@ -91,6 +91,27 @@ def evaluate_model(model: torch.nn.Module, dataset: Iterable, *, name: str = "mo
             if save_dir is not None:
                 _save_outputs(save_dir, output, batch["sample_id"])
     return _frame(rows, name)
+
+
+def reference_tables(root: str | Path, split: str = "test", names: Iterable[str] | None = None, *,
+                     fit_split: str = "train", val_split: str | None = "val", max_samples: int | None = None,
+                     batch_size: int = 8, progress: bool = False) -> dict[str, pd.DataFrame]:
+    """Per-sample tables of the reference rows (:mod:`dpface_lib.references`) on ``split`` of the set at
+    ``root``: ``{name: table}`` in the order of ``names`` (default all), ``model`` column = the name."""
+    from torch.utils.data import Subset
+
+    from dpface_lib.data import FaceDPDataset, evenly_spaced
+    from dpface_lib.references import REFERENCES, build_reference
+
+    dataset = FaceDPDataset(root, split)
+    if max_samples is not None:
+        dataset = Subset(dataset, evenly_spaced(len(dataset), max_samples))
+    tables = {}
+    for name in names or REFERENCES:
+        key = name.replace("-", "_")
+        model = build_reference(key, root, fit_split=fit_split, val_split=val_split)
+        tables[key] = evaluate_model(model, dataset, name=key, batch_size=batch_size, progress=progress)
+    return tables
 
 
 def evaluate_predictions(pred_dir: str | Path, dataset: Iterable, *, name: str | None = None,
@@ -284,7 +305,8 @@ def leaderboard(tables: pd.DataFrame | Iterable[pd.DataFrame], by: str | list[st
 
 
 #: Columns of ``leaderboard.csv`` (one row per model): sample count, the headline metrics, training time.
-LEADERBOARD_COLUMNS = ("model", "n", "ai1", "ai2", "spearman", "absrel", "mean_deg", "train_seconds")
+LEADERBOARD_COLUMNS = ("model", "n", "ai1", "ai2", "spearman", "relief_ai1", "relief_corr", "inverted",
+                       "absrel", "mean_deg", "train_seconds")
 #: Per-run facts written beside ``per_sample.csv`` by training notebooks (``train_seconds``, ``steps``).
 RUN_INFO = "run_info.json"
 
@@ -330,6 +352,9 @@ def cli(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="model checkpoint (dpface_lib.checkpoint.load_model)")
     source.add_argument("--predictions", type=Path, help="folder of <sample_id>.npz predictions")
+    source.add_argument("--model", choices=("constant", "silhouette", "bowl-oracle", "block-matching"),
+                        help="a reference row without a checkpoint (dpface_lib.references), fitted on the "
+                             "training split and tuned on val.txt where the set has one")
     parser.add_argument("--data-root", type=Path, default=None, help="dataset root (default: data_samples/)")
     parser.add_argument("--split", default="test", help="split file name without .txt (default: test)")
     parser.add_argument("--kind", default=None, choices=("auto", *KINDS),
@@ -367,6 +392,11 @@ def cli(argv: list[str] | None = None) -> int:
                 frame = evaluate_dp_dataset(load_model(args.checkpoint, map_location="cpu"),
                                             open_dataset(root, args.split, kind),
                                             name=args.name or args.checkpoint.stem, progress=True)
+            elif args.model is not None:
+                frame = reference_tables(root, args.split, [args.model], batch_size=max(1, args.batch_size),
+                                         progress=True)[args.model.replace("-", "_")]
+                if args.name:
+                    frame["model"] = args.name
             elif args.checkpoint is not None:
                 frame = evaluate_checkpoint(args.checkpoint, root, args.split, name=args.name,
                                             batch_size=args.batch_size, device=args.device,

@@ -37,15 +37,17 @@ from dpface_lib.metric_inputs import (
     valid_counts,
 )
 from dpface_lib.ranks import pixel_order_ranks, weighted_midranks, weighted_pearson
+from dpface_lib.relief import quadratic_basis, relief_map, weighted_corr
 
 __all__ = [
     "AFFINE_KEYS", "DEPTH_KEYS", "DEPTH_RANGE_MM", "DESCRIPTOR_KEYS", "METRIC_KEYS", "NORMAL_KEYS",
-    "MIN_VALID_PX", "SPEARMAN_CONVENTIONS", "EvaluationError", "NotScorableWarning",
+    "RELIEF_KEYS", "MIN_VALID_PX", "SPEARMAN_CONVENTIONS", "EvaluationError", "NotScorableWarning",
     "affine_invariant_metrics", "batch_metrics", "depth_metrics",
-    "fit_affine", "normal_metrics",
+    "fit_affine", "normal_metrics", "relief_metrics",
 ]
 
 AFFINE_KEYS = ("ai1", "ai2", "spearman")
+RELIEF_KEYS = ("relief_ai1", "relief_corr", "inverted")
 DEPTH_KEYS = ("absrel", "absdiff", "sqrel", "rmse", "rmse_log", "delta1", "delta2", "delta3")
 NORMAL_KEYS = ("mean_deg", "median_deg", "rmse_deg", "within_11_25", "within_22_5", "within_30")
 #: delta_k = share of pixels with max(gt/pred, pred/gt) < 1.01**k (the facial-DP benchmark's thresholds).
@@ -55,7 +57,7 @@ IRLS_ITERS = 5
 IRLS_EPS = 1e-3
 #: a weighted variance below REL_DEGENERATE * mean**2 counts as a constant map.
 REL_DEGENERATE = 1e-24
-METRIC_KEYS = (*AFFINE_KEYS, *DEPTH_KEYS, *NORMAL_KEYS, "invalid_depth")
+METRIC_KEYS = (*AFFINE_KEYS, *RELIEF_KEYS, *DEPTH_KEYS, *NORMAL_KEYS, "invalid_depth")
 DESCRIPTOR_KEYS = ("valid_px", "depth_mean_mm", "depth_range_mm", "texture")  # ground truth, per sample
 #: Predicted depths are clipped into this range (mm) before the absolute depth metrics.
 DEPTH_RANGE_MM = (1.0, 1e5)
@@ -128,12 +130,8 @@ def _affine_sample(x_all: torch.Tensor, y_all: torch.Tensor, w_all: torch.Tensor
     sw = w.sum()
     s, t = _wls_fit(x, y, w)
     ai2 = ((w * (s * x + t - y) ** 2).sum() / sw).sqrt()
-    irls = torch.ones_like(x)
-    for _ in range(IRLS_ITERS):
-        s1, t1 = _wls_fit(x, y, w * irls)
-        residual = (s1 * x + t1 - y).abs()
-        irls = 1.0 / residual.clamp_min(IRLS_EPS)
-    ai1 = (w * residual).sum() / sw
+    s1, t1 = _irls_fit(x, y, w)
+    ai1 = (w * (s1 * x + t1 - y).abs()).sum() / sw
     if spearman == "reference":
         rank_x, rank_neg_x = pixel_order_ranks(x_all, both_directions=True)
         rank_y = pixel_order_ranks(y_all)[0]
@@ -142,6 +140,62 @@ def _affine_sample(x_all: torch.Tensor, y_all: torch.Tensor, w_all: torch.Tensor
     else:
         rho = weighted_pearson(weighted_midranks(x, w), weighted_midranks(y, w), w).abs()
     return {"ai1": ai1, "ai2": ai2, "spearman": 1.0 - rho.clamp(-1.0, 1.0)}
+
+
+def _irls_fit(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, t) of AIWE(1): 5 rounds of reweighted least squares (see :func:`affine_invariant_metrics`)."""
+    irls = torch.ones_like(x)
+    for _ in range(IRLS_ITERS):
+        s, t = _wls_fit(x, y, w * irls)
+        irls = 1.0 / (s * x + t - y).abs().clamp_min(IRLS_EPS)
+    return s, t
+
+
+def relief_metrics(pred, gt, weight=None, *, allow_empty: bool = False,
+                   min_valid: int = MIN_VALID_PX) -> dict:
+    """Errors of the relief beyond the smooth bowl, and the sign of the fitted scale (``dpface_lib.relief``).
+
+    Args: as :func:`affine_invariant_metrics` (``pred``, ``gt``: (H, W) or (B, H, W) disparity in px or
+    inverse depth; ``weight`` >= 0).
+
+    Returns dict ``relief_ai1``, ``relief_corr``, ``inverted``:
+        - The prediction is aligned as for ``ai1`` (``s * pred + t`` with the IRLS fit), then each map's
+          weighted least-squares quadratic surface over the valid pixels is removed, from the ground
+          truth and from the aligned prediction (:func:`dpface_lib.relief.relief_map`).
+        - ``relief_ai1`` = sum w |relief(aligned) - relief(gt)| / sum w, in ground-truth units (px). A
+          perfect prediction scores 0; any quadratic prediction scores the ground truth's own mean
+          absolute relief.
+        - ``relief_corr``: the weighted Pearson correlation of the two reliefs (1 = every feature in place,
+          0 = none; NaN for a quadratic prediction, whose relief is 0).
+        - ``inverted``: 1.0 where the fitted scale ``s`` is <= 0 (a hollow face, or a constant), else 0.0.
+          ``ai1`` and ``ai2`` accept a negative scale; this flag does not.
+    """
+    name = "relief_metrics"
+    arrays = {"pred": pred, "gt": gt} | ({"weight": weight} if weight is not None else {})
+    tensors, batched, numpy_out = prepare_inputs(name, arrays, 2)
+    height, width = tensors["pred"].shape[-2:]
+    x, y = tensors["pred"].flatten(1), tensors["gt"].flatten(1)
+    w = tensors["weight"].flatten(1) if weight is not None else torch.ones_like(x)
+    if bool((~torch.isfinite(w) | (w < 0)).any()):
+        raise EvaluationError(f"{name}: weights must be finite and >= 0")
+    valid = w > 0
+    check_finite(name, {"pred": x, "gt": y}, valid)
+    counts = valid_counts(name, valid, allow_empty, min_valid)
+    basis = quadratic_basis(height, width, device=x.device)
+    rows = []
+    for i, count in enumerate(counts):
+        if not count:
+            rows.append(None)
+            continue
+        v, wv = valid[i], torch.where(valid[i], w[i], 0.0)
+        s, t = _irls_fit(x[i][v], y[i][v], w[i][v])
+        aligned = torch.where(v, s * x[i] + t, 0.0)
+        r_pred, r_gt = relief_map(aligned, wv, basis), relief_map(torch.where(v, y[i], 0.0), wv, basis)
+        flat = (wv * r_pred**2).sum() <= 1e-18 * (wv * aligned**2).sum()  # a quadratic, up to rounding
+        corr = torch.where(flat, torch.nan, weighted_corr(r_pred, r_gt, wv))
+        rows.append({"relief_ai1": (wv * (r_pred - r_gt).abs()).sum() / wv.sum(), "relief_corr": corr,
+                     "inverted": (s <= 0).to(torch.float64)})
+    return finish_outputs(rows, RELIEF_KEYS, batched, numpy_out, x.device)
 
 
 def fit_affine(pred, gt, weight=None, *, robust: bool = False) -> tuple[float, float]:
@@ -340,16 +394,19 @@ def _batch_metrics(output: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
     invalid = mask & ~(torch.isfinite(pred_depth) & (pred_depth > 0))
     if "disparity" in output:
         space = "disparity"
-        affine = affine_invariant_metrics(output["disparity"].detach(), batch["disparity"], mask,
+        pred_affine, gt_affine = output["disparity"].detach(), batch["disparity"]
+        affine = affine_invariant_metrics(pred_affine, gt_affine, mask,
                                           allow_empty=allow_empty, spearman=spearman, min_valid=min_valid)
     else:
         space = "inverse_depth"
         clipped = torch.nan_to_num(pred_depth, nan=high, posinf=high, neginf=low).clamp(low, high)
         z_far = torch.where(mask, gt_depth, 0.0).flatten(1).amax(1).reshape(-1, 1, 1)
         gt_inverse = torch.where(mask, z_far / gt_depth.clamp_min(low), 0.0)
-        affine = affine_invariant_metrics(1.0 / clipped, gt_inverse, mask, allow_empty=allow_empty,
+        pred_affine, gt_affine = 1.0 / clipped, gt_inverse
+        affine = affine_invariant_metrics(pred_affine, gt_affine, mask, allow_empty=allow_empty,
                                           spearman=spearman, min_valid=min_valid)
     values = dict(affine)
+    values |= relief_metrics(pred_affine, gt_affine, mask, allow_empty=allow_empty, min_valid=min_valid)
     values |= depth_metrics(pred_depth, gt_depth, mask, depth_range_mm=DEPTH_RANGE_MM,
                             allow_empty=allow_empty, min_valid=min_valid)
     n_valid = mask.flatten(1).sum(1).to(torch.float64)

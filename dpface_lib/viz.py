@@ -13,8 +13,8 @@ import numpy as np
 from dpface_lib.geometry import backproject, normals_to_rgb
 
 __all__ = ["MAX_COLUMNS", "Panel", "face_points", "learning_curves", "map_panels", "measured_vs_true",
-           "normal_image", "point_cloud_figure", "prediction_panels", "robust_range", "sample_panels",
-           "shared_range", "show_panels"]
+           "normal_image", "point_cloud_figure", "prediction_panels", "relief_panels", "robust_range",
+           "sample_panels", "shared_range", "show_panels"]
 
 #: One image panel: (title, image (H, W) or (H, W, 3), colormap or None for RGB, (vmin, vmax) or None),
 #: optionally followed by the unit of the colour bar (e.g. ``"px"``, ``"mm"``).
@@ -71,6 +71,28 @@ def map_panels(maps: Mapping[str, np.ndarray], mask: np.ndarray | None = None, *
         panels.append((f"|{error_of[0]} - {error_of[1]}|", error, error_cmap,
                        (0.0, robust_range(error, keep)[1]), unit))
     return panels
+
+
+def relief_panels(gt: np.ndarray, aligned: np.ndarray, mask: np.ndarray, unit: str = "px") -> list[Panel]:
+    """Two panels of the relief beyond the smooth bowl (:mod:`dpface_lib.relief`) on one symmetric colour
+    scale: the ground truth's and the affine-aligned prediction's, so a missing nose shows as a blank.
+
+    Args: (H, W) ground truth and aligned prediction (same units, e.g. px), (H, W) bool mask."""
+    import torch
+
+    from dpface_lib.relief import quadratic_basis, relief_map
+
+    keep = np.asarray(mask, dtype=bool)
+    basis = quadratic_basis(*keep.shape)
+    weight = torch.from_numpy(keep.reshape(-1).astype(np.float64))
+
+    def relief(values: np.ndarray) -> np.ndarray:
+        v = torch.from_numpy(np.where(keep, values, 0.0).reshape(-1).astype(np.float64))
+        return np.where(keep, relief_map(v, weight, basis).numpy().reshape(keep.shape), np.nan)
+
+    maps = {"GT relief beyond the bowl": relief(gt), "predicted relief (aligned)": relief(aligned)}
+    top = max(abs(v) for v in robust_range(maps["GT relief beyond the bowl"], keep))
+    return [(name, m, "RdBu_r", (-top, top), unit) for name, m in maps.items()]
 
 
 def measured_vs_true(ax, true: np.ndarray, measured: np.ndarray, colour: np.ndarray | None = None, *,
@@ -136,8 +158,10 @@ def prediction_panels(sample: Mapping[str, np.ndarray], pred: Mapping[str, np.nd
         affine: the (s, t) that maps the prediction onto the ground truth (``metrics.fit_affine``); the
             aligned prediction and its error are shown when given.
 
-    Returns panels: input, GT disparity, prediction (its own colour range), [aligned prediction and
-    |aligned - GT| on the GT's range], [GT and predicted normals, angular error in degrees].
+    Returns panels: input, then without ``affine`` the GT disparity and the raw prediction (its own colour
+    range), with ``affine`` the GT and the aligned prediction on one shared scale, their difference, and
+    both reliefs beyond the bowl on one symmetric scale (:func:`relief_panels`); then, where predicted,
+    GT and predicted normals and the angular error in degrees.
     """
     mask = np.asarray(sample["mask"], dtype=bool)
     image = np.moveaxis(np.asarray(sample["lrsum"] if "lrsum" in sample else sample["left"]), 0, -1)
@@ -147,17 +171,17 @@ def prediction_panels(sample: Mapping[str, np.ndarray], pred: Mapping[str, np.nd
     else:
         depth = np.asarray(pred["depth"], dtype=np.float64)
         disparity, label = 1.0 / np.clip(depth, 1.0, None), "1 / depth"
-    gt_range = robust_range(gt, mask)
     shown = lambda x: np.where(mask, x, np.nan)  # noqa: E731
-    own_range = robust_range(disparity, mask)
-    panels: list[Panel] = [("input", np.clip(image, 0, 1), None, None),
-                           ("GT disparity (px)", shown(gt), "viridis", gt_range, "px"),
-                           (f"{label}, own range", shown(disparity), "viridis", own_range,
-                            "px" if "disparity" in pred else "1/mm")]
-    if affine is not None:
+    unit = "px" if "disparity" in pred else "1/mm"
+    panels: list[Panel] = [("input", np.clip(image, 0, 1), None, None)]
+    if affine is None:
+        panels += [("GT disparity (px)", shown(gt), "viridis", robust_range(gt, mask), "px"),
+                   (f"{label}, own range", shown(disparity), "viridis", robust_range(disparity, mask), unit)]
+    else:
         aligned = affine[0] * disparity + affine[1]
-        panels += [("affine-aligned prediction\n(GT's scale)", shown(aligned), "viridis", gt_range, "px"),
-                   ("|aligned - GT| (px)", shown(np.abs(aligned - gt)), "magma", None, "px")]
+        panels += map_panels({"GT disparity": gt, "aligned prediction": aligned}, mask, unit="px",
+                             error_of=("aligned prediction", "GT disparity"))
+        panels += relief_panels(gt, aligned, mask)
     if "normal" in pred and "normal" in sample:
         gn, pn = np.asarray(sample["normal"], dtype=np.float64), np.asarray(pred["normal"], dtype=np.float64)
         lengths = np.maximum(np.linalg.norm(pn, axis=0) * np.linalg.norm(gn, axis=0), 1e-12)

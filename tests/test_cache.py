@@ -30,7 +30,8 @@ def test_generated_once_then_reused_and_keyed_by_the_options(tmp_path: Path, mon
     facts = json.loads((root / "datacard.json").read_text())
     assert facts["samples"] == {"train": 1, "test": 1} and facts["persons"] == {"train": 1, "test": 1}
     assert facts["optics"]["f_number"] == pytest.approx(1.2)
-    assert 0 < facts["relief_px"] < facts["benchmark_relief_px"]  # f/1.2 at 64 px vs the benchmark camera
+    assert 0 < facts["span_px"] < facts["benchmark_span_px"]  # f/1.2 at 64 px vs the benchmark camera
+    assert 0 < facts["relief_beyond_bowl_px"] < facts["span_px"]
     assert "px" in (root / "DATACARD.md").read_text()
 
     def fail(cfg):

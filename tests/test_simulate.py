@@ -42,7 +42,7 @@ from dpface_lib.simulate.writer import (
 #: the exact options that produced data_samples/ (data_samples/README.md shows the same command)
 DATA_SAMPLES_ARGS = (
     "--persons 8 --test-persons 2 --size 160x128 --seed 1 --views-per-person 1 "
-    "--lights-per-view 2 --f-number 1.2 --quiet --overwrite"
+    "--lights-per-view 2 --f-number 1.2 --tau 1.8 --quiet --overwrite"
 )
 
 
@@ -313,7 +313,7 @@ def test_interrupted_write_leaves_no_acceptable_sample(tmp_path, fail_after):
     cfg = tiny_config(tmp_path, persons=1, test_persons=0, cameras=(3,), lights=(2, 5))
     params, views, phase = person_plan(cfg, 1)
     cam = group_rig(cfg, 1)[2]
-    k = dp.disparity_per_coc(cfg.tau)
+    k = dp.disparity_per_coc(cfg.dp_tau)
     with pytest.raises(RuntimeError, match="simulated failure"):
         write_view(cfg, tmp_path, 1, params, phase, cam, *views[0], k, fail_after=fail_after)
     # fail_after + 1 files were written: 4 maps, then per light 3 JPEGs and the JSON last
@@ -375,7 +375,7 @@ def test_data_samples_regenerate(tmp_path):
         cam,
         info["viewidx"],
         view,
-        dp.disparity_per_coc(cfg.tau),
+        dp.disparity_per_coc(cfg.dp_tau),
     )
     new_json = tmp_path / json_path.relative_to(DATA_SAMPLES)
     new_info, old_info = json.loads(new_json.read_text()), json.loads(json_path.read_text())

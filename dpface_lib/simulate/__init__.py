@@ -69,14 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     from dpface_lib.geometry import BENCHMARK_OPTICS
     from dpface_lib.simulate.ict_face import FACE_MODELS
     from dpface_lib.simulate.layouts import LAYOUTS
-    from dpface_lib.simulate.optics import DEFAULT_TAU
+    from dpface_lib.simulate.optics import DEFAULT_TAU, TAU_F_NUMBER
+    from dpface_lib.simulate.rig import RIGS
 
     p = argparse.ArgumentParser(prog="dpface simulate", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True, help="dataset root to write (created if missing)")
     p.add_argument("--persons", type=_at_least(1), default=4,
                    help="number of synthetic persons (one group each)")
     p.add_argument("--size", type=_size, default=(192, 256), help="stored image size HxW, multiples of 32")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_at_least(0), default=0, help="random seed, >= 0")
     p.add_argument(
         "--cameras", type=_ints, default=tuple(range(1, 9)), help="subset of cameras 1..8, e.g. 1,2"
     )
@@ -86,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--directions", type=_names, default=("left", "right", "front", "upper"))
     p.add_argument("--test-persons", type=_at_least(0), default=None,
                    help="persons in test.txt (default: a quarter)")
+    p.add_argument("--val-persons", type=_at_least(0), default=0,
+                   help="persons in val.txt, taken between the training and the test persons (default 0)")
     p.add_argument(
         "--views-per-person",
         type=_at_least(0),
@@ -96,10 +99,15 @@ def _parser() -> argparse.ArgumentParser:
         "--lights-per-view", type=_at_least(0), default=0,
         help="random subset of the lights per view; 0 = all",
     )
-    p.add_argument("--f-number", type=_positive_float, default=BENCHMARK_OPTICS.f_number,
-                   help="lens f-number")
-    p.add_argument("--tau", type=_positive_float, default=DEFAULT_TAU,
-                   help="softness of the DP half-pixel response")
+    p.add_argument("--camera", choices=sorted(RIGS), default="benchmark-lens",
+                   help="camera model (dpface_lib.simulate.rig.RIGS): benchmark-lens (the benchmark's 135 mm "
+                        "lens, default) or teaching (Canon EOS R5 + RF 85 mm F1.2: the teaching set's)")
+    p.add_argument("--f-number", type=_positive_float, default=None,
+                   help=f"lens f-number (default: the camera model's, f/{BENCHMARK_OPTICS.f_number:g} for "
+                        "benchmark-lens)")
+    p.add_argument("--tau", type=_positive_float, default=None,
+                   help="softness of the DP half-pixel response in aperture radii (default: the benchmark "
+                        f"sensor's angular response at the f-number, {DEFAULT_TAU:g} at f/{TAU_F_NUMBER:g})")
     p.add_argument("--psf", choices=("soft", "half-disc", "butterworth", "translating-disc", "calibrated"),
                    default="soft",
                    help="DP blur model (dpface_lib.simulate.optics): soft (default), half-disc, butterworth "
@@ -156,11 +164,13 @@ def _config(a: argparse.Namespace):
         positions=a.positions,
         directions=a.directions,
         test_persons=test_persons,
+        val_persons=a.val_persons,
         views_per_person=a.views_per_person,
         lights_per_view=a.lights_per_view,
         f_number=a.f_number,
         tau=a.tau,
         psf=_psf_model(a),
+        camera=a.camera,
         face_model=a.face_model,
         jpeg_quality=a.jpeg_quality,
         noise=not a.no_noise,
@@ -188,17 +198,17 @@ def cli(argv: list[str]) -> int:
         cfg = _config(args)
         from dpface_lib.simulate.optics import disparity_per_coc
 
-        disparity_per_coc(cfg.tau, cfg.psf)  # a bad blur model (e.g. calibrated kernels) fails before writing
+        disparity_per_coc(cfg.dp_tau, cfg.psf)  # a bad blur model (calibrated kernels) fails before writing
         with atomic_folder(cfg.out, overwrite=args.overwrite) as folder:
             if args.layout == "facedp":
                 counts = generate(dataclasses.replace(cfg, out=folder))
             else:  # render in the benchmark layout beside the output, then rewrite it in the chosen one
                 import shutil
-                import tempfile
 
+                from dpface_lib.fileio import temporary_folder_beside
                 from dpface_lib.simulate.layouts import export_layout
 
-                scratch = Path(tempfile.mkdtemp(prefix=".render.", dir=folder.parent))
+                scratch = temporary_folder_beside(cfg.out, "render-")  # removed by the next run if killed
                 try:
                     counts = generate(dataclasses.replace(cfg, out=scratch))
                     export_layout(scratch, folder, args.layout)

@@ -59,8 +59,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-#: softness of the half-pixel angular response (aperture radii)
+#: softness of the half-pixel angular response (aperture radii) at the benchmark's f/5.657
 DEFAULT_TAU = 1.8
+#: the f-number at which :data:`DEFAULT_TAU` gives the benchmark sensor's ``k`` (0.134)
+TAU_F_NUMBER = 5.657
+
+
+def sensor_tau(f_number: float) -> float:
+    """``tau`` (aperture radii) of the benchmark sensor's half-pixel response behind an f/``f_number`` lens.
+
+    The response is a property of the sensor's micro-lenses, so it is fixed in the *angle* of the incoming
+    ray, not in aperture radii. A ray through aperture position ``u_y`` reaches an in-focus pixel at
+    ``tan(theta) = u_y / (2 N)`` (paraxial), so ``tanh(tan(theta) / t)`` reads ``tanh(u_y / (2 N t))``:
+    ``tau = 2 N t``, with ``t = DEFAULT_TAU / (2 * 5.657)`` calibrated where the benchmark's
+    ``k = 0.134`` was measured (f/5.657). Wide apertures bring rays from steeper angles, where the two
+    half-pixels separate them more sharply, so ``k`` grows towards the hard split's 0.42: 0.134 at
+    f/5.657, about 0.36 at f/1.2 (Punnappurath et al., ICCP 2020, model the DP response in angle).
+    """
+    if not f_number > 0:
+        raise ValueError(f"f-number must be > 0, got {f_number}")
+    return DEFAULT_TAU * float(f_number) / TAU_F_NUMBER
 #: Gaussian blur of the lens and pixel (px)
 DEFAULT_SIGMA_PX = 0.5
 #: number of aperture samples per PSF

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from dpface_lib.fileio import atomic_save_npy, atomic_write_bytes
-from dpface_lib.geometry import BENCHMARK_OPTICS, intrinsics_to_vector
+from dpface_lib.geometry import intrinsics_to_vector
 from dpface_lib.simulate import optics as dp
 from dpface_lib.simulate.face import DIRECTIONS, EXPRESSIONS, sample_person
 from dpface_lib.simulate.ict_face import face_model, load_ict_model
-from dpface_lib.simulate.rig import LIGHT_DIRECTIONS, POSITIONS, Camera, build_rig
+from dpface_lib.simulate.rig import LIGHT_DIRECTIONS, POSITIONS, RIGS, Camera, build_rig
 from dpface_lib.simulate.scene import form_images, render_view
 
 #: every (expression, position, direction) in the order that defines ``viewidx`` (1-based)
@@ -51,24 +51,43 @@ class SimConfig:
     positions: tuple[str, ...] = tuple(POSITIONS)
     directions: tuple[str, ...] = DIRECTIONS
     test_persons: int = 1
+    val_persons: int = 0  # persons in val.txt (between train and test); 0 writes no val.txt
     views_per_person: int = 0  # 0 = every selected view
     lights_per_view: int = 0  # 0 = every selected light
-    f_number: float = BENCHMARK_OPTICS.f_number
-    tau: float = dp.DEFAULT_TAU
+    f_number: float | None = None  # None: the camera model's (rig.RIGS)
+    tau: float | None = None  # None: the sensor's response at this f-number (optics.sensor_tau)
     psf: str = "soft"
+    camera: str = "benchmark-lens"  # the rig's camera model (rig.RIGS)
     face_model: str = "ict"
     jpeg_quality: int = 92
     noise: bool = True
     progress: bool = True
     workers: int = 1
 
+    @property
+    def lens_f_number(self) -> float:
+        """The f-number used: ``f_number``, else the camera model's."""
+        return RIGS[self.camera].f_number if self.f_number is None else float(self.f_number)
+
+    @property
+    def dp_tau(self) -> float:
+        """The half-pixel softness used: ``tau``, else the sensor's at :attr:`lens_f_number`."""
+        return dp.sensor_tau(self.lens_f_number) if self.tau is None else float(self.tau)
+
     def validate(self) -> None:
+        if self.camera not in RIGS:
+            raise ValueError(f"--camera must be one of {sorted(RIGS)}, got {self.camera!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"--seed must be an integer >= 0, got {self.seed!r}")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
         if self.persons < 1:
             raise ValueError(f"--persons must be >= 1, got {self.persons}")
         if not 0 <= self.test_persons < self.persons or (self.persons == 1 and self.test_persons):
             raise ValueError(f"--test-persons must be in [0, persons - 1], got {self.test_persons}")
+        if not 0 <= self.val_persons < self.persons - self.test_persons:
+            raise ValueError(f"--val-persons must leave at least one training person: got {self.val_persons} "
+                             f"with --persons {self.persons} and --test-persons {self.test_persons}")
         for name, values, allowed in (
             ("cameras", self.cameras, range(1, 9)),
             ("lights", self.lights, range(1, 7)),
@@ -123,7 +142,8 @@ def view_lights(cfg: SimConfig, person: int, camidx: int, viewidx: int) -> list[
 
 def group_rig(cfg: SimConfig, person: int) -> list[Camera]:
     """All 8 cameras of a group's rig (calibration drawn from ``rng(seed, person, 999)``)."""
-    return build_rig(cfg.height, cfg.width, np.random.default_rng([cfg.seed, person, 999]), cfg.f_number)
+    return build_rig(cfg.height, cfg.width, np.random.default_rng([cfg.seed, person, 999]), cfg.lens_f_number,
+                     rig=cfg.camera)
 
 
 def write_calibration(group_dir: Path, cams: list[Camera], k: float) -> None:
@@ -233,7 +253,7 @@ def write_view(
     n = 0
     for light in view_lights(cfg, person, cam.index, viewidx):
         rng = np.random.default_rng([cfg.seed, person, cam.index, viewidx, light])
-        imgs = form_images(geo, cam, LIGHT_DIRECTIONS[light - 1], rng, tau=cfg.tau, noise=cfg.noise,
+        imgs = form_images(geo, cam, LIGHT_DIRECTIONS[light - 1], rng, tau=cfg.dp_tau, noise=cfg.noise,
                            psf=cfg.psf)
         for side, folder in (("left", "LEFT"), ("right", "RIGHT"), ("lrsum", "LRSUM")):
             atomic_write_bytes(
@@ -299,7 +319,9 @@ def generate(cfg: SimConfig) -> dict[str, int]:
     cfg.validate()
     root = Path(cfg.out)
     root.mkdir(parents=True, exist_ok=True)
-    k = dp.disparity_per_coc(cfg.tau, cfg.psf)
+    for split in ("train", "val", "test"):  # a set is whole once its split files exist: they come last
+        (root / f"{split}.txt").unlink(missing_ok=True)
+    k = dp.disparity_per_coc(cfg.dp_tau, cfg.psf)
     plans = {p: person_plan(cfg, p) for p in range(1, cfg.persons + 1)}
     for person in plans:
         write_calibration(root / group_name(person), group_rig(cfg, person), k)
@@ -323,7 +345,9 @@ def generate(cfg: SimConfig) -> dict[str, int]:
     finally:
         torch.set_num_threads(threads)
     groups = [group_name(p) for p in plans]
-    n_train = cfg.persons - cfg.test_persons
+    n_train = cfg.persons - cfg.test_persons - cfg.val_persons
     write_split(root, "train", groups[:n_train])
-    write_split(root, "test", groups[n_train:])
+    if cfg.val_persons:
+        write_split(root, "val", groups[n_train:n_train + cfg.val_persons])
+    write_split(root, "test", groups[n_train + cfg.val_persons:])
     return {"groups": len(groups), "views": len(jobs), "samples": samples}
