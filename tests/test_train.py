@@ -273,6 +273,12 @@ def test_resume_gives_the_same_weights_as_one_run(tmp_path: Path) -> None:
 
 
 def test_auto_precision_is_bf16_only_where_the_hardware_has_it(tmp_path: Path, monkeypatch) -> None:
+    from dpface_lib import hostinfo
+
+    # the hardware's part, with no ISA limit in force (tests/test_hostinfo.py covers the limits)
+    monkeypatch.setattr(hostinfo, "isa_level", lambda: "AVX512")
+    for variable in hostinfo.ISA_LIMIT_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
     flags = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f {}\nbugs\t\t: spectre_v1\n"
     for extra, native in (("avx512_bf16 avx512_vnni", True), ("amx_bf16 amx_tile", True),
                           ("avx512_vnni", False), ("", False)):
