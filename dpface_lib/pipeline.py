@@ -298,6 +298,7 @@ def run_pipeline(
     cell_progress: bool = True,
     cell_timeout: float | None = CELL_TIMEOUT_S,
     retries: int = 1,
+    estimate: bool = True,
 ) -> list[dict[str, Any]]:
     """Execute the pipeline; returns the summary rows (also written to ``out_dir/summary.csv``).
 
@@ -306,11 +307,13 @@ def run_pipeline(
     ``out_dir`` and skip runs already recorded as ``ok`` there. ``cell_timeout``: seconds one cell may run
     (``None``: no limit). A run whose kernel dies or stops answering (a cell past ``cell_timeout``) is
     started again from its first cell up to ``retries`` times; a cell that raises is not retried.
+    ``estimate``: time training steps first (:func:`dpface_lib.runplan.plan_runs`; ``host.json`` is written).
     """
     import papermill
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
-    from tqdm.auto import tqdm
+
+    from dpface_lib.runplan import Progress, plan_runs, stamp_run_info
 
     runs = load_pipeline(pipeline_file)
     if only:
@@ -343,13 +346,12 @@ def run_pipeline(
         print(f"dataset: {dataset} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
 
     rows: list[dict[str, Any]] = [row for row in previous if row["status"] == "ok"]
-    bar = tqdm(runs, desc="pipeline", unit="notebook")
-    for run in bar:
+    todo = [run for run in runs if (run.step, str(out / f"{run.name}.ipynb")) not in done]
+    resolved = {run.name: _resolve_parameters(run, out, overrides, dataset=dataset) for run in todo}
+    plan = plan_runs(todo, resolved, _declared_parameters, out, measure=estimate)
+    for run in Progress(todo, plan.seconds):
         output = out / f"{run.name}.ipynb"
-        if (run.step, str(output)) in done:
-            continue
-        bar.set_postfix_str(run.name)
-        params = _resolve_parameters(run, out, overrides, dataset=dataset)
+        params = resolved[run.name]
         row = {"step": run.step, "notebook": str(run.notebook.relative_to(REPO_ROOT))
                if run.notebook.is_relative_to(REPO_ROOT) else str(run.notebook),
                "parameters": json.dumps(params, sort_keys=True), "status": "running", "seconds": "",
@@ -386,6 +388,7 @@ def run_pipeline(
         row.update(status="ok", seconds=f"{time.perf_counter() - start:.1f}")
         rows.append(row)
         _write_summary(summary_path, rows)
+        stamp_run_info(out / run.name, plan.host)  # the CPU, ISA, precision and threads behind its numbers
         write_leaderboard(out)  # after every step, so later notebooks (07) can read it
     _write_summary(summary_path, rows)
     return rows
@@ -412,6 +415,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--kernel", default=None, help=f"Jupyter kernel name (default {DEFAULT_KERNEL!r})")
     parser.add_argument("--list", action="store_true", help="print the expanded runs and exit")
     parser.add_argument("--no-cell-progress", action="store_true", help="hide the per-cell progress bar")
+    parser.add_argument("--no-estimate", action="store_true", help="skip timing training steps first")
     parser.add_argument("--cell-timeout", type=float, default=CELL_TIMEOUT_S, metavar="SECONDS",
                         help=f"limit for one cell (default {CELL_TIMEOUT_S:.0f}; 0: none); a run that "
                              "passes it, or whose kernel dies, is started again once")
@@ -423,7 +427,7 @@ def cli(argv: list[str]) -> int:
             return 0
         rows = run_pipeline(args.pipeline, args.out, only=args.only, overrides=dict(args.overrides),
                             resume=args.resume, kernel=args.kernel, cell_progress=not args.no_cell_progress,
-                            cell_timeout=args.cell_timeout or None)
+                            cell_timeout=args.cell_timeout or None, estimate=not args.no_estimate)
     except PipelineError as err:
         print(f"dpface pipeline: {err}", file=sys.stderr)
         return 2
