@@ -68,7 +68,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling errors come in several types
-        raise CheckpointError(f"{path}: not a readable checkpoint (weights-only load failed: {exc})") from exc
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_load_failure(exc)})") from exc
+
+
+def _load_failure(exc: Exception) -> str:
+    """torch's reason for a failed weights-only load, without its advice to load with
+    ``weights_only=False`` (which would run code stored in the file; the kit never does)."""
+    text = " ".join(str(exc).split())
+    if "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1].split(" Please use", 1)[0].strip()
+        return f"it stores objects other than tensors and plain containers: {reason}"
+    return text.split(". ", 1)[0] or type(exc).__name__  # torch's first sentence; the rest is advice
 
 
 #: Limits on the stored constructor arguments, checked before anything is allocated: a few bytes of

@@ -7,7 +7,9 @@ with its own argument parser; this file only dispatches, so ``dpface --help`` st
 This is also the edge where errors stop: the kit's own errors (all ``ValueError`` subclasses that name
 the file, key or option) and the expected OS and file-format errors become one line on stderr and exit
 status 2; ``--debug`` anywhere on the command line (or ``DPFACE_DEBUG=1``) shows the traceback instead.
-An interruption (Ctrl-C) exits with 130.
+So do a compiled library that cannot be loaded (e.g. not mapped under a memory limit such as ``ulimit -v``),
+a missing third-party package and ``MemoryError``: they are the environment's state, not bugs. An
+interruption (Ctrl-C) exits with 130.
 """
 
 from __future__ import annotations
@@ -51,6 +53,22 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _environment_problem(exc: BaseException) -> str | None:
+    """One line for an import that failed for reasons of the environment, else None (a kit bug)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, MemoryError):
+        return f"out of memory ({text or 'MemoryError'}); is a memory limit (ulimit -v) set too low?"
+    if not isinstance(exc, ImportError):
+        return None
+    if isinstance(exc, ModuleNotFoundError) and exc.name and not exc.name.startswith("dpface"):
+        return f"a required package is not installed ({text}); run `make setup`"
+    if any(word in text for word in (".so", "shared object", "DLL", ".dylib")):
+        hint = ("; is a memory limit (ulimit -v) set too low?" if "map segment" in text or "memory" in text
+                else "; the environment may be incomplete (run `make setup`)")
+        return f"cannot load a compiled library ({text}){hint}"
+    return None
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, KeyError):
@@ -79,13 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     module_name, _ = COMMANDS[name]
     try:
         module = importlib.import_module(module_name)
+        return int(module.cli(rest) or 0)
     except ModuleNotFoundError as err:
         if err.name != module_name:
-            raise
+            return _environment(name, err, debug)
         print(f"dpface {name}: not available in this version ({module_name} is missing)", file=sys.stderr)
         return 2
-    try:
-        return int(module.cli(rest) or 0)
+    except (ImportError, MemoryError) as err:
+        return _environment(name, err, debug)
     except KeyboardInterrupt:
         if debug:
             raise
@@ -96,6 +115,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"dpface {name}: {_one_line(exc)} (--debug shows the traceback)", file=sys.stderr)
         return 2
+
+
+def _environment(name: str, err: BaseException, debug: bool) -> int:
+    """Report an import or memory failure of the environment in one line (exit 2); re-raise a kit bug."""
+    line = _environment_problem(err)
+    if debug or line is None:
+        raise err
+    print(f"dpface {name}: {line} (--debug shows the traceback)", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

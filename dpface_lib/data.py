@@ -33,12 +33,14 @@ import torch
 from torch.utils.data import Dataset
 
 from dpface_lib import DATA_SAMPLES, REPO_ROOT
+from dpface_lib.filecheck import check_dataset_files
 from dpface_lib.geometry import BENCHMARK_CAMERA_AB, depth_to_disparity, intrinsics_from_vector
 from dpface_lib.layout import (
     ARRAY_KEYS,
     IMAGE_KEYS,
     JSON_NAME_PATTERN,
     DatasetError,
+    check_pair_colour,
     info_bool,
     info_int,
     load_image,
@@ -49,6 +51,7 @@ from dpface_lib.layout import (
     read_split,
     resolve_data_path,
     select_ab,
+    warn_if_no_face,
 )
 
 __all__ = [
@@ -265,6 +268,7 @@ def assemble_sample(json_path: Path, raw: dict[str, Any], ab_source: str = "auto
                 f"{meta[key]}: image shape {images[key].shape[:2]} disagrees with the left image "
                 f"{(height, width)}"
             )
+    check_pair_colour(images["left"], images["right"], meta["left"], meta["right"])
 
     def check(path: str, array: np.ndarray, channels: int | None) -> None:
         expected = (height, width) if channels is None else (height, width, channels)
@@ -283,6 +287,7 @@ def assemble_sample(json_path: Path, raw: dict[str, Any], ab_source: str = "auto
         mask = (mask_raw != 0) & valid_depth  # any non-zero value is the face (docs/dataset_layout.md)
     else:
         mask = valid_depth
+    warn_if_no_face(mask, meta["mask"], json_path)
     normal = raw["normal"].astype(np.float32)
     check(meta["normal"], normal, 3)
     normal = np.where(mask[..., None], normal, 0.0).astype(np.float32)
@@ -427,6 +432,8 @@ class FaceDPDataset(Dataset):
                 )
         if len(frame) == 0:
             raise DatasetError(f"{self.root}: split {split!r} has no sample left after filtering")
+        if not skip_bad:  # sizes and headers now, not at the first batch that meets a broken file
+            check_dataset_files(frame[[*IMAGE_KEYS, *ARRAY_KEYS]].to_dict("records"), f"{root} {split!r}")
         self.frame = frame
 
     def __len__(self) -> int:

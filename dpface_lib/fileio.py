@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,10 +23,23 @@ from typing import Any
 import numpy as np
 
 
-def _file_mode() -> int:
+class OutputError(OSError):
+    """An output folder that cannot be used (read-only, the current folder); the message names the option
+    and the path."""
+
+
+class ArrayFileError(ValueError):
+    """An array file that cannot be read as what the caller expects; the message names the file."""
+
+
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _file_mode() -> int:
+    return 0o666 & ~_umask()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], *, suffix: str = "",
@@ -69,26 +84,80 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(out: str | os.PathLike) -> list[Path]:
+    """Delete the temporary folders ``.<name>.<pid>-*.tmp`` that :func:`atomic_folder` left beside ``out``
+    when its process was killed (the pid no longer runs); returns what was removed. A ``.<name>.old-<pid>``
+    folder (a complete previous output kept by a kill during a replacement) is left alone."""
+    out = Path(out)
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(\d+)-[^/]*\.tmp")
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for path in out.parent.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match and path.is_dir() and int(match[1]) != os.getpid() and not _process_alive(int(match[1])):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def temporary_folder_beside(out: str | os.PathLike, tag: str = "") -> Path:
+    """A new empty folder ``.<name>.<pid>-<tag>XXXX.tmp`` beside ``out`` (same file system, so it can be
+    renamed into place), which :func:`remove_stale_temporaries` deletes once this process is gone."""
+    out = Path(out)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}-{tag}", suffix=".tmp", dir=out.parent))
+
+
+def _usable_output(out: Path, option: str) -> str:
+    """The label ``'<option> <out>'`` for messages; refuses the current folder (or one above it)."""
+    label = f"{option} {out}" if option else str(out)
+    resolved, here = out.resolve(), Path.cwd().resolve()
+    if not resolved.name or here.is_relative_to(resolved):
+        raise OutputError(f"{label}: is the current folder or one above it; name a new folder for the output")
+    return label
+
+
 @contextmanager
-def atomic_folder(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_folder(out: str | os.PathLike, *, overwrite: bool = False,
+                  option: str = "--out") -> Iterator[Path]:
     """Build a command's output folder out of sight and put it in place whole.
 
     Yields a new temporary folder beside ``out``; when the block ends normally it becomes ``out`` (by
     rename), when it raises it is deleted and ``out`` is left as it was. An existing non-empty ``out`` is
     refused with :class:`FileExistsError` unless ``overwrite``, which replaces it whole (never a mix of old
     and new files). A kill between the two renames of a replacement leaves the previous folder complete,
-    as ``.<name>.old-<pid>`` beside ``out``.
+    as ``.<name>.old-<pid>`` beside ``out``; the temporary folder of a killed run is removed by the next
+    run for the same ``out``. ``option`` (the command-line option that named ``out``) goes into the
+    messages: the current folder as ``out``, or a parent that cannot be written (read-only, no
+    permission), raise :class:`OutputError` naming it.
     """
     out = Path(out)
+    label = _usable_output(out, option)
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out}: exists and is not a folder")
+        raise FileExistsError(f"{label}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out}: output folder exists and is not empty; pass --overwrite to replace it "
-                              "or choose a new --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        raise FileExistsError(f"{label}: output folder exists and is not empty; pass --overwrite to replace "
+                              "it or choose a new one")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+        tmp = temporary_folder_beside(out)
+    except OSError as exc:
+        raise OutputError(f"{label}: cannot create the output folder in {out.parent} "
+                          f"({exc.strerror or exc})") from exc
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets an ordinary mode
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
@@ -103,6 +172,28 @@ def atomic_folder(out: str | os.PathLike, *, overwrite: bool = False) -> Iterato
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` archive ``path`` (never unpickled). A missing file, a damaged archive, a
+    single ``.npy`` array under an ``.npz`` name or a pickled member raise :class:`ArrayFileError`
+    naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArrayFileError(f"{path}: file does not exist")
+    errors = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except errors as exc:
+        raise ArrayFileError(f"{path}: not a readable .npz archive ({' '.join(str(exc).split())})") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ArrayFileError(f"{path}: holds a single .npy array, not an .npz archive of named arrays "
+                             "(np.savez writes one)")
+    with data:
+        try:
+            return {key: np.asarray(data[key]) for key in data.files}
+        except errors as exc:
+            raise ArrayFileError(f"{path}: damaged .npz archive ({' '.join(str(exc).split())})") from exc
 
 
 @contextmanager

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,9 @@ from dpface_lib.geometry import BENCHMARK_CAMERA_AB
 from dpface_lib.images import ImageError, read_image, to_rgb
 
 __all__ = [
-    "DatasetError", "info_bool", "info_int", "inside_root", "load_image", "load_npy", "parse_literal_array",
-    "read_calibration", "read_json_record", "read_split", "resolve_data_path", "select_ab",
+    "DatasetError", "DatasetWarning", "check_pair_colour", "info_bool", "info_int", "inside_root",
+    "load_image", "load_npy", "parse_literal_array", "read_calibration", "read_json_record", "read_split",
+    "resolve_data_path", "select_ab", "warn_if_no_face",
 ]
 
 IMAGE_KEYS = ("left", "right", "lrsum")
@@ -45,6 +48,10 @@ _DTYPE_SUFFIX = re.compile(r",\s*dtype\s*=\s*[\w.]+\s*$")
 
 class DatasetError(ValueError):
     """A dataset file is missing, unreadable or inconsistent; the message names the file and the problem."""
+
+
+class DatasetWarning(UserWarning):
+    """A sample that reads but carries less than it seems to (e.g. no face pixel); names the file."""
 
 
 # --------------------------------------------------------------------------------------------- small parsers
@@ -163,6 +170,30 @@ def load_image(path: Path) -> np.ndarray:
     except ImageError as exc:
         raise DatasetError(str(exc)) from exc
     return to_rgb(array, path)
+
+
+def _is_grey(image: np.ndarray) -> bool:
+    return bool(np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 0], image[..., 2]))
+
+
+def check_pair_colour(left: np.ndarray, right: np.ndarray, left_path: str | os.PathLike,
+                      right_path: str | os.PathLike) -> None:
+    """Refuse a dual-pixel pair (H, W, 3) whose one view is grey (three equal channels) and the other in
+    colour: both views come from one sensor, and a model would read the colour difference as disparity."""
+    grey_left, grey_right = _is_grey(left), _is_grey(right)
+    if grey_left != grey_right:
+        grey, colour = (left_path, right_path) if grey_left else (right_path, left_path)
+        raise DatasetError(f"{grey}: grey view next to the colour view {colour}; the two views of a "
+                           "dual-pixel pair come from one sensor: give both in grey or both in colour")
+
+
+def warn_if_no_face(mask: np.ndarray, mask_path: str | Path | None, json_path: str | Path) -> None:
+    """Warn (:class:`DatasetWarning`) when a sample's mask holds no pixel with depth: its ground truth is
+    then all dropped, and metrics cannot score it."""
+    if not mask.any():
+        where = f"{mask_path} (of {json_path})" if mask_path else f"{json_path}"
+        warnings.warn(f"{where}: the mask has no face pixel with depth; the sample has no usable ground "
+                      "truth", DatasetWarning, stacklevel=3)
 
 
 def read_calibration(group_dir: str | Path,

@@ -41,7 +41,7 @@ from dpface_lib.demo import DEMO_CHECKPOINT
 from dpface_lib.fileio import atomic_folder, atomic_save_npy, atomic_write
 from dpface_lib.geometry import intrinsics_from_vector
 from dpface_lib.inference import DEFAULT_FOCAL_PER_HEIGHT, MULTIPLE, PredictError, predict_pair
-from dpface_lib.layout import DatasetError, load_image, parse_literal_array
+from dpface_lib.layout import DatasetError, check_pair_colour, load_image, parse_literal_array
 
 __all__ = [
     "DEFAULT_FOCAL_PER_HEIGHT",
@@ -260,6 +260,7 @@ def cli(argv: list[str]) -> int:
             args.left = args.right = f"{args.data_root} item {args.sample} ({item['sample_id']})"
         else:
             left, right = read_rgb(args.left), read_rgb(args.right)
+            check_pair_colour(left, right, args.left, args.right)
         if left.shape != right.shape:
             raise PredictError(
                 f"{args.left} is {left.shape[1]}x{left.shape[0]} (WxH) but {args.right} is "
