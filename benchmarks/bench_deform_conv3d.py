@@ -15,15 +15,25 @@ Peak memory:
         before the pass. It counts every buffer the pass touches (column buffers, autograd-saved tensors,
         allocator slack), so it bounds the op's working memory from above; it is not an allocator figure.
 
+Builds side by side (--builds NAME=DIR ...): each DIR holds another build of the `dpface_kernels` package
+(e.g. one compiled with -fopenmp from an older commit). The compiled op's forward+backward on the two ANM
+layers is timed in a fresh process per build, with torch.set_num_threads(1) and (2), the builds taking turns
+over --rounds rounds; the table gives the median over rounds and each build's ratio to the first.
+
 Usage: python benchmarks/bench_deform_conv3d.py [--device cpu|cuda] [--batch 1] [--hw 48x64] [--repeats 3]
        [--no-reference] [--no-memory] [--threads N]
+       python benchmarks/bench_deform_conv3d.py --builds openmp=/tmp/old pool=kernels [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -188,6 +198,48 @@ def report(title: str, shape: tuple, rows: dict, baseline: str, other: str, rati
         )
 
 
+ANM_LAYERS = (("DCN1", 35, 64), ("DCN2", 64, 64))
+
+
+def probe_build(args) -> dict:
+    """In the process that imported the build under test: fwd+bwd seconds of the compiled op per ANM layer."""
+    h, w = (int(v) for v in args.hw.lower().split("x"))
+    times = {}
+    for name, c_in, c_out in ANM_LAYERS:
+        shape = (args.batch, c_in, c_out, 4, 3, h, w)
+        t = make_inputs(*shape, device="cpu")
+        times[name] = timed(FORWARDS["compiled"]((1, 1, 1)), t, True, args.repeats, "cpu")
+    return {"library": dpface_kernels._C.__file__, "threads": torch.get_num_threads(), "fwd+bwd": times}
+
+
+def compare_builds(args) -> None:
+    """Each build in its own process (PYTHONPATH=DIR); builds and thread counts take turns in each round."""
+    builds = dict(spec.split("=", 1) for spec in args.builds)
+    runs: dict[tuple, list[dict]] = {}
+    for _ in range(args.rounds):
+        for threads in (1, 2):
+            for name, folder in builds.items():
+                env = {**os.environ, "PYTHONPATH": os.path.abspath(folder)}
+                cmd = [sys.executable, __file__, "--probe", "--threads", str(threads), "--hw", args.hw,
+                       "--batch", str(args.batch), "--repeats", str(args.repeats)]  # fmt: skip
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+                result = json.loads(out.strip().splitlines()[-1])
+                if not result["library"].startswith(os.path.abspath(folder)):
+                    raise SystemExit(f"--builds {name}={folder}: loaded {result['library']} instead")
+                runs.setdefault((name, threads), []).append(result)
+    first = next(iter(builds))
+    print(f"\nCPU kernel builds, fwd+bwd ms (median of {args.rounds} rounds of {args.repeats}-call medians)")
+    for name in builds:
+        print(f"  {name}: {runs[(name, 1)][0]['library']}")
+    print(f"  {'threads':>7} {'layer':<5} " + " ".join(f"{name:>9}" for name in builds)
+          + "".join(f" {name + '/' + first:>14}" for name in list(builds)[1:]))  # fmt: skip
+    for threads in (1, 2):
+        for layer, _, _ in ANM_LAYERS:
+            ms = {n: 1e3 * statistics.median(r["fwd+bwd"][layer] for r in runs[(n, threads)]) for n in builds}
+            ratios = "".join(f" {ms[n] / ms[first]:>13.2f}x" for n in list(builds)[1:])
+            print(f"  {threads:>7} {layer:<5} " + " ".join(f"{ms[n]:9.1f}" for n in builds) + ratios)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -197,13 +249,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-reference", dest="reference", action="store_false")
     parser.add_argument("--no-memory", dest="memory", action="store_false")
+    parser.add_argument("--builds", nargs="+", metavar="NAME=DIR", help="compare builds of dpface_kernels")
+    parser.add_argument("--rounds", type=int, default=3, help="--builds: turns each build gets")
+    parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # one build, JSON out
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.builds:
+        for spec in args.builds:
+            if "=" not in spec or not os.path.isdir(os.path.join(spec.split("=", 1)[1], "dpface_kernels")):
+                parser.error(f"--builds {spec}: expected NAME=DIR with a dpface_kernels package in DIR")
+        compare_builds(args)
+        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device")
     if not dpface_kernels.has_compiled():
         parser.error("dpface_kernels is not compiled (run `make kernels`); nothing to compare")
+    if args.probe:
+        print(json.dumps(probe_build(args)))
+        return 0
     h, w = (int(v) for v in args.hw.lower().split("x"))
     device_name = (
         torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
@@ -213,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{torchvision.__version__}; median of {args.repeats}"
     )
 
-    for name, c_in, c_out in (("ANM DCN1", 35, 64), ("ANM DCN2", 64, 64)):
+    for name, c_in, c_out in ANM_LAYERS:
+        name = f"ANM {name}"
         shape = (args.batch, c_in, c_out, 4, 3, h, w)
         rows = {"compiled": measure("compiled", shape, args), "resampled": measure("resampled", shape, args)}
         if args.reference:
