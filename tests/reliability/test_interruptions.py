@@ -88,9 +88,11 @@ def test_sigkill_simulate_leaves_no_partial_set_and_rerun_completes(tmp_path: Pa
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
     assert not out.exists()  # the set is built beside --out and renamed only when complete
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".set.")]  # the killed run's folder
     subprocess.run(command, check=True, capture_output=True, env=environment(), timeout=600)
     table = index(out, "train")
     assert len(table) > 0 and table["valid"].all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]  # which the rerun removed
 
 
 def _logging_notebook(path: Path, log: Path) -> None:
