@@ -35,7 +35,7 @@ DEPS_STAMP    := $(VENV)/.dpface-deps
 KERNELS_STAMP := $(VENV)/.dpface-kernels
 KERNEL_SOURCES := $(wildcard kernels/csrc/*.cpp kernels/csrc/*.cu kernels/csrc/*.h) kernels/setup.py kernels/pyproject.toml
 
-.PHONY: help setup deps kernels chromium clang pipeline test test-fast lab lint bench clean print-cuda
+.PHONY: help setup deps kernels chromium clang pipeline test test-avx2 test-fast lab lint bench clean print-cuda
 
 # The browser tests drive Debian's Chromium through Playwright (Playwright's own download cannot be used).
 CHROMIUM := $(shell command -v chromium || command -v chromium-browser)
@@ -45,6 +45,7 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 help:
 	@echo "make pipeline   set up if needed, build kernels, run the notebook pipeline on data_samples/ (runs/RUN)"
 	@echo "make test       set up if needed, run every test, notebooks included"
+	@echo "make test-avx2  the tests marked isa again with the ISA limited to AVX2 (as a CPU without AVX-512)"
 	@echo "make setup | kernels | lab | lint | bench | clean"
 
 ## setup: .venv with torch, the project (editable, dev extras), a Jupyter kernel, and the compiled kernels.
@@ -93,6 +94,12 @@ pipeline: setup
 test: setup chromium clang
 	$(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with $(CURDIR)/tests/notebooks/sanitize.cfg $(PYTEST_ARGS) tests notebooks
+
+## test-avx2: the tests whose behaviour depends on the vector ISA or native bfloat16 (marker `isa`), run again
+## with torch's kernels and oneDNN limited to AVX2, so an AVX-512 host also checks what an AVX2-only CPU does.
+test-avx2: setup
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q -p no:cacheprovider -m isa \
+		$(PYTEST_ARGS) tests
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
