@@ -258,8 +258,8 @@ class SampleBrowser:
         source = self.sources[self.current["model"]]
         factors = ("camidx", "lightidx", "expression", "position", "direction")
         facts = ", ".join(f"{k} {row[k]}" for k in factors if k in row)
-        values = " · ".join(f"{k} {row[k]:.4f}" for k in ("ai1", "ai2", "spearman", "mean_deg")
-                            if k in row and pd.notna(row[k]))
+        shown = ("ai1", "ai2", "spearman", "relief_ai1", "relief_corr", "inverted", "mean_deg")
+        values = " · ".join(f"{k} {row[k]:.4f}" for k in shown if k in row and pd.notna(row[k]))
         self.header.value = (f"<b class='dpface-sample-id'>{row['sample_id']}</b> — {source.label}, rank "
                              f"{self.current['rank']} of {len(source.table)} by {self.current['metric']} "
                              f"({self.current['value']:.4f})<br>{facts}<br>{values}")
