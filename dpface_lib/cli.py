@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("dpface_lib.evaluate", "evaluate a checkpoint or saved predictions -> per-sample tables"),
     "predict": ("dpface_lib.predict", "predict depth and normals from a DP left/right pair"),
     "dashboard": ("dpface_lib.servers", "serve the per-sample error dashboard over pipeline runs (Voila)"),
+    "realism": ("dpface_lib.realism", "render real Pixel 4 scenes through each DP blur model; measure noise"),
 }
 
 

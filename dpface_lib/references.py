@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -174,4 +175,10 @@ def build_reference(name: str, root: str | os.PathLike, *, fit_split: str = "tra
         return SilhouettePredictor(fit_silhouette(FaceDPDataset(root, fit_split), max_samples=max_samples))
     if key == "bowl_oracle":
         return BowlOracle()
+    return _tuned_matcher(str(root), fit_split, val_split)
+
+
+@lru_cache(maxsize=8)
+def _tuned_matcher(root: str, fit_split: str, val_split: str | None) -> BlockMatcher:
+    """:func:`choose_block_matcher` once per set and splits (the sigma search scores five matchers)."""
     return choose_block_matcher(root, fit_split, val_split)[0]
