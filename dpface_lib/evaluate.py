@@ -368,6 +368,11 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--save-predictions", type=Path, default=None,
                         help="also save the checkpoint's predictions as <dir>/<sample_id>.npz")
+    parser.add_argument("--disp-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                        help="block matching on a --kind set: search range (px; default per set)")
+    parser.add_argument("--window", type=int, default=None, help="block matching: window (px; per set)")
+    parser.add_argument("--smooth-sigma", type=float, default=None,
+                        help="block matching on a --kind set: smoothing sigma (px; default per set)")
     args = parser.parse_args(argv)
     from dpface_lib.data import DatasetError, FaceDPDataset, resolve_data_root
 
@@ -386,12 +391,20 @@ def cli(argv: list[str] | None = None) -> int:
             if kind not in (None, "facedp"):
                 from dpface_lib.datasets import open_dataset
 
-                if args.checkpoint is None or save_dir is not None:
+                if args.model is not None:  # classical rows on a real set (dpface_lib.references_real)
+                    from dpface_lib.references_real import real_reference_frame
+
+                    options = {"disp_range": args.disp_range, "window": args.window,
+                               "smooth_sigma": args.smooth_sigma}
+                    frame = real_reference_frame(args.model, root, args.split, kind, options, progress=True)
+                    frame["model"] = args.name or frame["model"]
+                elif args.checkpoint is None or save_dir is not None:
                     raise EvaluationError(f"--kind {kind}: evaluate a --checkpoint, without "
                                           "--save-predictions (saved predictions follow the facedp layout)")
-                frame = evaluate_dp_dataset(load_model(args.checkpoint, map_location="cpu"),
-                                            open_dataset(root, args.split, kind),
-                                            name=args.name or args.checkpoint.stem, progress=True)
+                else:
+                    frame = evaluate_dp_dataset(load_model(args.checkpoint, map_location="cpu"),
+                                                open_dataset(root, args.split, kind),
+                                                name=args.name or args.checkpoint.stem, progress=True)
             elif args.model is not None:
                 frame = reference_tables(root, args.split, [args.model], batch_size=max(1, args.batch_size),
                                          progress=True)[args.model.replace("-", "_")]

@@ -301,3 +301,25 @@ def test_google_keep_resolution_keeps_the_pd_size_and_reports_the_ground_truth_s
     up = np.repeat(np.repeat(ref["depth"] / 255.0, 2, 0), 2, 1)
     assert np.allclose(whole["inverse_depth"].numpy(), up, atol=1e-6)
     assert np.allclose(whole["confidence"].numpy(), np.repeat(np.repeat(ref["confidence"], 2, 0), 2, 1))
+
+
+def test_eval_model_runs_the_classical_rows_on_a_real_layout(tmp_path: Path, capsys) -> None:
+    from real_fixtures import write_pixel4
+
+    write_pixel4(tmp_path / "p4", scenes=1, full=(80, 112), field=(48, 64), tile=16)
+    tables = {}
+    for model in ("constant", "block-matching"):
+        out = tmp_path / model
+        assert cli.main(["eval", "--model", model, "--kind", "auto", "--data-root", str(tmp_path / "p4"),
+                         "--disp-range", "-3", "3", "--window", "7", "--smooth-sigma", "0",
+                         "--out", str(out)]) == 0
+        tables[model] = __import__("pandas").read_csv(out / "per_sample.csv")
+        assert (out / "aggregate.csv").is_file()
+    assert "ground truth only up to an affine map" in capsys.readouterr().out
+    # the fixture's two regions lie 1.5 px apart (half size): the matcher separates them, the constant cannot
+    assert tables["block-matching"]["ai1"][0] < 0.3 * tables["constant"]["ai1"][0]
+    # (two tied levels keep the reference 1 - |rho_s| well above 0, ties ranked by pixel order)
+    assert tables["block-matching"]["spearman"][0] < tables["constant"]["spearman"][0] - 0.3
+    assert cli.main(["eval", "--model", "silhouette", "--kind", "pixel4-defocus", "--data-root",
+                     str(tmp_path / "p4"), "--out", str(tmp_path / "x")]) == 2
+    assert "only 'constant' and 'block-matching'" in capsys.readouterr().err and not (tmp_path / "x").exists()
