@@ -1,4 +1,8 @@
-"""Mixed precision (``train.precision: bf16-mixed``): the pieces that must stay in float32 do."""
+"""Mixed precision (``train.precision: bf16-mixed``): the pieces that must stay in float32 do.
+
+Which kernels run a CPU bfloat16 convolution depends on the ISA (oneDNN, natively or emulated, or ATen's
+fallback), so every test here is marked ``isa``: ``make test-avx2`` reruns them with the ISA limited to
+AVX2."""
 
 from __future__ import annotations
 
@@ -10,6 +14,22 @@ from torch import nn
 from dpface_lib.models import build_model, list_models
 from dpface_lib.models.blocks import at_least_float32, depth_from_disparity, soft_argmin
 from dpface_lib.models.safeconv import Conv2d, Conv3d, guard_convs, needs_float32
+
+pytestmark = pytest.mark.isa
+
+#: Whether oneDNN runs CPU bfloat16 convolutions here, as torch reports it: true on AVX-512 CPUs (natively
+#: with AVX512-BF16/AMX, else emulated; either way each weight gradient is summed in float32 and rounded
+#: once), false without AVX-512 or under ``ONEDNN_MAX_CPU_ISA=AVX2`` (``make test-avx2``). There ATen's
+#: fallback convolution adds each sample's weight gradient into a bfloat16 sum, one rounding per sample, and
+#: a batch whose samples' gradients cancel loses more: 0.0045 against oneDNN's 0.0016 for 16 samples of
+#: 8x32x32, 0.0087 against 0.0019 for 64, as a bfloat16 running sum of the float32 per-sample gradients
+#: gives (0.0046 and 0.0092).
+ONEDNN_BF16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+BF16_UNIT_ROUNDOFF = 2.0**-8  # 8 significant bits: a rounding moves a value by at most this fraction of it
+#: The relative weight-gradient error a bfloat16 step may have where each gradient is rounded once: bfloat16's
+#: rounding of inputs, output gradient and result gives about 0.2 %; the defect guarded against 90 % or more.
+ROUNDED_ONCE = 0.02
+DEFECT = 0.9  # the smallest relative weight-gradient error of the oneDNN defect that safeconv guards against
 
 
 def test_conv3d_leaves_autocast_on_volumes_two_levels_deep() -> None:
@@ -115,7 +135,11 @@ def test_every_convolution_weight_gradient_under_bf16_autocast_matches_float32(n
     """One training step of the ``tiny`` profile at its 128 px crop under bfloat16 autocast: each
     convolution's weight gradient against ``torch.nn.grad.conv*_weight`` in float32 on the same inputs
     and output gradients (the defect :mod:`dpface_lib.models.safeconv` guards against is off by 0.9 or
-    more; bfloat16 rounding by about 0.2 %)."""
+    more; bfloat16 rounding by about 0.2 %). Where ATen's fallback runs the convolutions (not
+    :data:`ONEDNN_BF16`), each one's tolerance adds the bound of its per-sample bfloat16 sum: the unit
+    roundoff times the norms of the partial sums over the batch, in ATen's order, relative to the result; a
+    convolution whose bound reaches half the defect's error is left out (under AVX2 one of NNet's 52, whose
+    16 samples' gradients nearly cancel: its bound is 0.74, its error 0.079)."""
     from torch.utils.data import default_collate
 
     from dpface_lib.config import training_config
@@ -130,6 +154,7 @@ def test_every_convolution_weight_gradient_under_bf16_autocast_matches_float32(n
     data.setup("fit")
     batch = default_collate([data.datasets["train"][i] for i in range(2)])
     oracle: dict[nn.Module, torch.Tensor] = {}
+    partial_norms: dict[nn.Module, float] = {}  # sum over calls and samples of ||running sum of samples||
 
     def record(conv: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
         x = inputs[0].detach().bfloat16().float()
@@ -139,6 +164,12 @@ def test_every_convolution_weight_gradient_under_bf16_autocast_matches_float32(n
             expected = weight_grad(x, conv.weight.shape, g.float(), conv.stride, conv.padding, conv.dilation,
                                    conv.groups)
             oracle[conv] = oracle.get(conv, 0) + expected  # a shared module (both views) sums its calls
+            if not ONEDNN_BF16:  # sample by sample, as the fallback adds them (calls add up in float32)
+                running = torch.zeros_like(expected)
+                for b in range(x.shape[0]):
+                    running += weight_grad(x[b : b + 1], conv.weight.shape, g[b : b + 1].float(), conv.stride,
+                                           conv.padding, conv.dilation, conv.groups)
+                    partial_norms[conv] = partial_norms.get(conv, 0.0) + float(running.norm())
 
         out.register_hook(on_grad)
 
@@ -151,5 +182,11 @@ def test_every_convolution_weight_gradient_under_bf16_autocast_matches_float32(n
     checked = [c for c in convs if c in oracle and c.weight.grad is not None and oracle[c].norm() > 0]
     assert len(checked) >= 10, name
     errors = {c: float((c.weight.grad - oracle[c]).norm() / oracle[c].norm()) for c in checked}
-    worst = max(errors, key=errors.get)
-    assert errors[worst] < 0.02, (name, worst, errors[worst])
+    tolerance = {c: ROUNDED_ONCE + BF16_UNIT_ROUNDOFF * partial_norms.get(c, 0.0) / float(oracle[c].norm())
+                 for c in checked}
+    # a convolution whose samples' gradients cancel so far that its bound reaches half the defect's error
+    # could hide the defect: it is not decisive, and most convolutions must be
+    decisive = [c for c in checked if tolerance[c] < DEFECT / 2]
+    assert len(decisive) >= max(10, len(checked) // 2), (name, len(decisive), len(checked))
+    worst = max(decisive, key=lambda c: errors[c] / tolerance[c])
+    assert errors[worst] < tolerance[worst], (name, worst, errors[worst], tolerance[worst], ONEDNN_BF16)
