@@ -222,7 +222,8 @@ def test_leaderboard_written_after_each_step(project: Path) -> None:
     run_pipeline(spec, project / "out", cell_progress=False)
     with (project / "out" / "leaderboard.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["model", "n", "ai1", "ai2", "spearman", "absrel", "mean_deg", "train_seconds"]
+    assert list(rows[0]) == ["model", "n", "ai1", "ai2", "spearman", "relief_ai1", "relief_corr", "inverted",
+                             "absrel", "mean_deg", "train_seconds"]
     assert rows[0]["model"] == "m" and rows[0]["n"] == "2" and float(rows[0]["ai1"]) == pytest.approx(1.0)
     assert float(rows[0]["train_seconds"]) == 12.5 and rows[0]["mean_deg"] == ""
 
