@@ -18,6 +18,7 @@ import importlib
 import os
 import sys
 import zipfile
+from pathlib import Path
 
 #: sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -70,11 +71,29 @@ def _environment_problem(exc: BaseException) -> str | None:
     return None
 
 
-def _one_line(exc: BaseException) -> str:
+def _option_for(filename: str, args: list[str]) -> str | None:
+    """``'--opt value'`` of the command-line option whose path is ``filename`` or a folder above it."""
+    try:
+        target = Path(filename).absolute()
+    except (TypeError, ValueError):
+        return None
+    pairs = [(a, b) for a, b in zip(args, args[1:], strict=False) if a.startswith("--")]
+    pairs += [tuple(a.split("=", 1)) for a in args if a.startswith("--") and "=" in a]
+    for option, value in pairs:
+        if value and not value.startswith("-") and target.is_relative_to(Path(value).absolute()):
+            return f"{option} {value}"
+    return None
+
+
+def _one_line(exc: BaseException, args: list[str] | None = None) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, KeyError):
         text = f"missing key {text}"
     kit_error = type(exc).__module__.startswith("dpface")
+    if isinstance(exc, OSError) and exc.filename and not kit_error:  # say which option pointed there
+        option = _option_for(str(exc.filename), args or [])
+        if option and option.split(" ", 1)[0] not in text:
+            return f"{option}: {type(exc).__name__}: {text}"
     return text if kit_error else f"{type(exc).__name__}: {text}"
 
 
@@ -114,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     except _expected_errors() as exc:
         if debug:
             raise
-        print(f"dpface {name}: {_one_line(exc)} (--debug shows the traceback)", file=sys.stderr)
+        print(f"dpface {name}: {_one_line(exc, rest)} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 

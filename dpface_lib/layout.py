@@ -155,7 +155,11 @@ def load_npy(path: Path) -> np.ndarray:
         raise DatasetError(f"{path}: unreadable or truncated .npy ({exc})") from exc
     except (OSError, EOFError) as exc:
         raise DatasetError(f"{path}: unreadable or truncated .npy ({exc})") from exc
-    if not isinstance(array, np.ndarray) or array.dtype.hasobject:
+    if not isinstance(array, np.ndarray):  # an .npz archive under an .npy name
+        array.close()
+        raise DatasetError(f"{path}: expected a numeric array, found NpzFile (an .npz archive of named "
+                           "arrays, not a single .npy array)")
+    if array.dtype.hasobject:
         raise DatasetError(f"{path}: expected a numeric array, found {type(array).__name__}")
     if array.dtype.kind not in "biuf":
         raise DatasetError(f"{path}: expected a numeric array, found dtype {array.dtype}")

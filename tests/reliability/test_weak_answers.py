@@ -147,6 +147,13 @@ def test_a_read_only_output_folder_names_the_option(tmp_path: Path, capsys, monk
     with pytest.raises(OSError, match="--save-predictions"):
         with atomic_folder(tmp_path / "p", option="--save-predictions"):
             pass
+    import dpface_lib.train as train  # any command: an OSError under a path option names that option
+
+    run_dir = tmp_path / "ro" / "run"
+    monkeypatch.setattr(train, "cli", lambda argv: (_ for _ in ()).throw(
+        OSError(errno.EROFS, "Read-only file system", str(run_dir / "checkpoints"))))
+    code, err = run(["train", "--model", "dpnet", "--out", str(run_dir)], capsys)
+    assert code == 2 and one_line(err) and err.startswith(f"dpface train: --out {run_dir}: OSError: [Errno 30]")
 
 
 def test_a_library_that_cannot_be_mapped_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
