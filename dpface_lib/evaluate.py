@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 
 from dpface_lib.checkpoint import CheckpointError, load_model
-from dpface_lib.fileio import atomic_folder, atomic_write
+from dpface_lib.fileio import atomic_folder, atomic_write, load_npz
 from dpface_lib.metrics import METRIC_KEYS, EvaluationError, batch_metrics
 
 ID_KEYS = ("sample_id", "group", "person", "camidx", "lightidx", "viewidx", "expression", "position",
@@ -140,14 +140,11 @@ def load_prediction(pred_dir: str | Path, sample: dict[str, Any]) -> dict[str, n
         raise EvaluationError(f"{path}: no saved prediction for sample {sample['sample_id']!r}")
     size = tuple(sample["mask"].shape)
     expected = {"disparity": size, "depth": size, "normal": (3, *size)}
-    out = {}
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            for key in data.files:
-                if key in expected:
-                    out[key] = np.asarray(data[key], dtype=np.float32)
-    except (OSError, ValueError) as exc:
-        raise EvaluationError(f"{path}: not a readable .npz of arrays: {exc}") from exc
+    try:  # load_npz names the file for a zip-corrupt archive or a lone .npy under an .npz name
+        arrays = load_npz(path)
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from exc
+    out = {key: np.asarray(value, dtype=np.float32) for key, value in arrays.items() if key in expected}
     if "disparity" not in out and "depth" not in out:
         raise EvaluationError(f"{path}: holds neither 'disparity' nor 'depth'")
     for key, value in out.items():
@@ -382,7 +379,8 @@ def cli(argv: list[str] | None = None) -> int:
             out = stack.enter_context(atomic_folder(args.out, overwrite=args.overwrite))
             save_dir = None
             if args.save_predictions is not None:
-                save_dir = stack.enter_context(atomic_folder(args.save_predictions, overwrite=args.overwrite))
+                save_dir = stack.enter_context(atomic_folder(args.save_predictions, overwrite=args.overwrite,
+                                                              option="--save-predictions"))
             kind = args.kind
             if kind == "auto":
                 from dpface_lib.datasets import detect_kind

@@ -309,6 +309,17 @@ def train_model(
             "module": module, "trainer": trainer}
 
 
+def _seed(text: str) -> int:
+    """``--seed``: an integer >= 0 (numpy's generators refuse negative seeds); argparse names the option."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def cli(argv: list[str] | None = None) -> int:
     """``dpface train``: train a registered model from its YAML config (see ``--help``)."""
     from dpface_lib.models import list_models
@@ -321,7 +332,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder: metrics.csv, checkpoints/")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     parser.add_argument("--max-epochs", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_seed, default=0, help="random seed, an integer >= 0")
     parser.add_argument("--resume", default=None,
                         help="checkpoint to continue from, or 'auto' (OUT/checkpoints/last.ckpt if present)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the config's)")

@@ -266,3 +266,31 @@ def test_the_construction_check_stays_cheap(tmp_path: Path) -> None:
     check_dataset_files(rows, "x")
     per_sample = (time.perf_counter() - start) / len(rows)
     assert per_sample < 2e-3, f"{per_sample * 1e6:.0f} us per sample"
+
+
+def test_train_negative_seed_names_the_option(tmp_path, capsys):
+    from dpface_lib.train import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli(["--model", "dpnet", "--out", str(tmp_path / "run"), "--seed", "-1"])
+    assert stop.value.code == 2
+    assert "--seed: must be >= 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_names_a_broken_prediction_file(tmp_path):
+    import numpy as np
+
+    from dpface_lib.data import FaceDPDataset
+    from dpface_lib.evaluate import EvaluationError, load_prediction
+
+    sample = FaceDPDataset("data_samples", "test")[0]
+    path = tmp_path / f"{sample['sample_id']}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(EvaluationError, match=r"\.npz: not a readable \.npz archive"):
+        load_prediction(tmp_path, sample)
+    with path.open("wb") as fh:  # one .npy array saved under the .npz name
+        np.save(fh, np.zeros(sample["mask"].shape, np.float32))
+    with pytest.raises(EvaluationError, match=str(path.name)):
+        load_prediction(tmp_path, sample)
