@@ -272,7 +272,17 @@ def soft_argmin(cost: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, H, W) expected disparity in px (float32 or wider, also under mixed precision).
     """
-    prob = F.softmax(at_least_float32(cost), dim=1)
+    return expected_disparity(softmax_bins(cost), values)
+
+
+def softmax_bins(cost: torch.Tensor) -> torch.Tensor:
+    """(B, D, H, W) matching scores -> their softmax over the D bins, in float32 or wider (the first half of
+    :func:`soft_argmin`, for callers that also keep the probabilities)."""
+    return F.softmax(at_least_float32(cost), dim=1)
+
+
+def expected_disparity(prob: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``Σ_j prob_j v_j``: (B, D, H, W) bin probabilities and (D,) bin disparities (px) -> (B, H, W) px."""
     return (prob * values.view(1, -1, 1, 1).to(prob)).sum(dim=1)
 
 

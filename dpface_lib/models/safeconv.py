@@ -19,13 +19,16 @@ deep does (those NaN are rare per call, so 20 clean calls of one shape do not cl
 bfloat16: the defect was never seen there, and NNet's context head
 (dilation 16 on 32 px maps at the ``tiny`` crop) would otherwise change precision. :func:`guard_convs`
 gives every plain convolution of a built model that behaviour; the state dict is unchanged (the classes
-add no parameters).
+add no parameters). In float32 training outside autocast the same classes take their weight gradient from
+:mod:`dpface_lib.models.convgrad` where that is faster (oneDNN without AVX-512).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from dpface_lib.models import convgrad
 
 __all__ = ["Conv2d", "Conv3d", "guard_convs", "needs_float32"]
 
@@ -48,6 +51,8 @@ def _forward(conv: nn.Conv2d | nn.Conv3d, parent: type, x: torch.Tensor) -> torc
     if _fallback_applies(x, conv):
         with torch.autocast("cpu", enabled=False):
             return parent.forward(conv, x.float() if x.element_size() < 4 else x)
+    if convgrad.applies(conv, x):
+        return convgrad.conv_with_fast_weight_grad(conv, x)
     return parent.forward(conv, x)
 
 

@@ -41,10 +41,11 @@ from dpface_lib.models.blocks import (
     disparity_bins,
     disparity_levels,
     disparity_outputs,
+    expected_disparity,
     imagenet_normalize,
     init_msra_normal,
     require_keys,
-    soft_argmin,
+    softmax_bins,
 )
 from dpface_lib.models.hourglass import StackedHourglass
 from dpface_lib.models.resample import upsample_volume
@@ -213,14 +214,17 @@ class StereoDPNet(nn.Module):
         # other's by more than the sub-pixel DP signal)
         ref, tgt = self.features(imagenet_normalize(torch.cat([left, right]))).chunk(2)
         asm = self.asm(ref, tgt)
-        costs, last_volume = self.aggregation.forward_with_features(asm["volume"])
+        # the 3-D convolutions run channels-last (N, D, H, W, C in memory): oneDNN's direct kernels then need
+        # no layout conversion of the activations per call (1.5-2x faster on the CPU, docs/benchmarks.md)
+        volume = asm["volume"].contiguous(memory_format=torch.channels_last_3d)
+        costs, last_volume = self.aggregation.forward_with_features(volume)
         probabilities = []
         for cost in costs:
             up = upsample_volume(cost, (self.bins.numel(), *size), align_corners=True)
-            probabilities.append(up.squeeze(1))
-        disparities = [soft_argmin(p, self.bins) for p in probabilities]
+            probabilities.append(softmax_bins(up.squeeze(1)))
+        disparities = [expected_disparity(p, self.bins) for p in probabilities]
         out = disparity_outputs(disparities, batch)
-        out["cost_volume_probabilities"] = F.softmax(probabilities[0], dim=1).detach()
+        out["cost_volume_probabilities"] = probabilities[0].detach()
         if asm["attention"] is not None:
             out["attention"] = asm["attention"].detach()
         if self.anm is not None:
