@@ -14,8 +14,10 @@ Why: with oneDNN limited to AVX2 (no AVX-512), PyTorch's CPU convolution compute
 oneDNN's im2col + GEMM implementation (``x64:gemm:jit``), which for the small channel counts of the
 ``tiny`` teaching models is 2-3x slower than the forward convolution on one thread and, on a busy 2-core
 machine with two threads, 10-30x slower; the forward convolution that replaces it runs oneDNN's direct AVX2
-kernel. With AVX-512 oneDNN's own backward kernel is faster and is kept
-(``benchmarks/bench_train_throughput.py`` and docs/benchmarks.md give the measurements).
+kernel. With AVX-512 oneDNN's own backward kernel is faster and is kept. The measured gain is mixed (one
+float32 AVX2 thread on a loaded 2-core AMD EPYC: a 16->16 3x3x3 convolution's fwd+bwd 0.026 against 0.034 s of
+CPU time, but slower for the ANM's 81-channel offset convolutions; a StereoDPNet step 1.04x), so the path
+is opt-in: mode ``"off"`` by default, ``DPFACE_CONV_WEIGHT_GRAD=auto`` or ``on`` to use it.
 
 :func:`conv_with_fast_weight_grad` is used by :class:`dpface_lib.models.safeconv.Conv2d` /
 :class:`~dpface_lib.models.safeconv.Conv3d` (every plain convolution of a model built by ``build_model``)
@@ -36,7 +38,7 @@ from torch import nn
 __all__ = ["applies", "conv_with_fast_weight_grad", "enabled", "set_mode", "weight_grad_by_forward"]
 
 _MODES = ("auto", "on", "off")
-_mode = os.environ.get("DPFACE_CONV_WEIGHT_GRAD", "auto")
+_mode = os.environ.get("DPFACE_CONV_WEIGHT_GRAD", "off")
 # oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) without AVX-512
 _NO_AVX512_ISAS = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2"}
 

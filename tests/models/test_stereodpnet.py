@@ -65,8 +65,8 @@ def make_batch(batch: int = 1, size: int = SIZE, seed: int = 0) -> dict:
         [xs.expand(batch, -1, -1) / (size - 1) * 2 - 1, (ys - disparity) / (size - 1) * 2 - 1], dim=-1
     )
     right = F.grid_sample(left, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    a = torch.full((batch,), -2000.0)
-    b = torch.full((batch,), 5.0)
+    a = torch.full((batch,), -20000.0)  # b above every bin (-4 ... 6 px), as for a real lens: Z about 1 m
+    b = torch.full((batch,), 20.0)
     normal = F.normalize(torch.tensor([0.2, -0.3, -1.0]), dim=0).view(1, 3, 1, 1).expand(batch, 3, size, size)
     K = torch.tensor([[4.0 * size, 0.0, size / 2], [0.0, 4.0 * size, size / 2], [0.0, 0.0, 1.0]]).expand(
         batch, 3, 3
@@ -75,7 +75,7 @@ def make_batch(batch: int = 1, size: int = SIZE, seed: int = 0) -> dict:
         "left": left,
         "right": right,
         "disparity": disparity,
-        "depth": a.view(-1, 1, 1) / (disparity - 5.0),
+        "depth": a.view(-1, 1, 1) / (disparity - b.view(-1, 1, 1)),
         "normal": normal.contiguous(),
         "mask": torch.ones(batch, size, size, dtype=torch.bool),
         "K": K.contiguous(),
