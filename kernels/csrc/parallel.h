@@ -52,7 +52,7 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain_size, const F& f) {
           const int64_t sub_begin = begin + (data[0] - first);
           f(sub_begin, sub_begin + size0);
         },
-        grain_size + 1);  // for_each runs serially below grain_size items, at::parallel_for at or below it
+        grain_size);  // n > grain_size here, so for_each calls libtorch's at::parallel_for(0, n, grain_size)
   }
 }
 
