@@ -151,6 +151,20 @@ def _irls_fit(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.
     return s, t
 
 
+def _paired_pixels(name: str, pred, gt, weight):
+    """Checked (B, N) float64 ``pred``, ``gt``, weight and valid mask of a metric's inputs, and
+    ``(batched, numpy_out, shape)``: weights finite and >= 0, pred and gt finite where valid."""
+    arrays = {"pred": pred, "gt": gt} | ({"weight": weight} if weight is not None else {})
+    tensors, batched, numpy_out = prepare_inputs(name, arrays, 2)
+    x, y = tensors["pred"].flatten(1), tensors["gt"].flatten(1)
+    w = tensors["weight"].flatten(1) if weight is not None else torch.ones_like(x)
+    if bool((~torch.isfinite(w) | (w < 0)).any()):
+        raise EvaluationError(f"{name}: weights must be finite and >= 0")
+    valid = w > 0
+    check_finite(name, {"pred": x, "gt": y}, valid)
+    return x, y, w, valid, (batched, numpy_out, tuple(tensors["pred"].shape))
+
+
 def relief_metrics(pred, gt, weight=None, *, allow_empty: bool = False,
                    min_valid: int = MIN_VALID_PX) -> dict:
     """Errors of the relief beyond the smooth bowl, and the sign of the fitted scale (``dpface_lib.relief``).
@@ -171,17 +185,9 @@ def relief_metrics(pred, gt, weight=None, *, allow_empty: bool = False,
           ``ai1`` and ``ai2`` accept a negative scale; this flag does not.
     """
     name = "relief_metrics"
-    arrays = {"pred": pred, "gt": gt} | ({"weight": weight} if weight is not None else {})
-    tensors, batched, numpy_out = prepare_inputs(name, arrays, 2)
-    height, width = tensors["pred"].shape[-2:]
-    x, y = tensors["pred"].flatten(1), tensors["gt"].flatten(1)
-    w = tensors["weight"].flatten(1) if weight is not None else torch.ones_like(x)
-    if bool((~torch.isfinite(w) | (w < 0)).any()):
-        raise EvaluationError(f"{name}: weights must be finite and >= 0")
-    valid = w > 0
-    check_finite(name, {"pred": x, "gt": y}, valid)
+    x, y, w, valid, (batched, numpy_out, shape) = _paired_pixels(name, pred, gt, weight)
     counts = valid_counts(name, valid, allow_empty, min_valid)
-    basis = quadratic_basis(height, width, device=x.device)
+    basis = quadratic_basis(*shape[-2:], device=x.device)
     rows = []
     for i, count in enumerate(counts):
         if not count:
@@ -203,14 +209,7 @@ def fit_affine(pred, gt, weight=None, *, robust: bool = False) -> tuple[float, f
     (numpy or torch (H, W)): weighted least squares (AIWE(2)), or with ``robust=True`` the 5-round IRLS
     fit of AIWE(1). ``s * pred + t`` is the affine-aligned prediction, in ground-truth units."""
     name = "fit_affine"
-    arrays = {"pred": pred, "gt": gt} | ({"weight": weight} if weight is not None else {})
-    tensors, _, _ = prepare_inputs(name, arrays, 2)
-    x, y = tensors["pred"].flatten(1), tensors["gt"].flatten(1)
-    w = tensors["weight"].flatten(1) if weight is not None else torch.ones_like(x)
-    if bool((~torch.isfinite(w) | (w < 0)).any()):
-        raise EvaluationError(f"{name}: weights must be finite and >= 0")
-    valid = w > 0
-    check_finite(name, {"pred": x, "gt": y}, valid)
+    x, y, w, valid, _ = _paired_pixels(name, pred, gt, weight)
     valid_counts(name, valid, allow_empty=False)
     x, y, w = x[valid], y[valid], w[valid]
     irls = torch.ones_like(x)
