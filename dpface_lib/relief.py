@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["QUADRATIC_TERMS", "mean_abs_relief", "quadratic_basis", "quadratic_fit", "relief_map",
-           "weighted_corr"]
+__all__ = ["QUADRATIC_TERMS", "mean_abs_relief", "quadratic_basis", "quadratic_fit", "relief_image",
+           "relief_map", "weighted_corr"]
 
 #: number of terms of the quadratic surface
 QUADRATIC_TERMS = 6
@@ -74,10 +74,16 @@ def weighted_corr(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> tor
     return torch.where(denom > 0, (w * a * b).sum() / torch.where(denom > 0, denom, 1.0), torch.nan)
 
 
+def relief_image(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(H, W) relief beyond the bowl of one numpy map over a bool mask, NaN outside the mask."""
+    keep = np.asarray(mask, dtype=bool)
+    v = torch.from_numpy(np.where(keep, values, 0.0).reshape(-1).astype(np.float64))
+    w = torch.from_numpy(keep.reshape(-1).astype(np.float64))
+    r = relief_map(v, w, quadratic_basis(*keep.shape)).numpy().reshape(keep.shape)
+    return np.where(keep, r, np.nan)
+
+
 def mean_abs_relief(disparity: np.ndarray, mask: np.ndarray) -> float:
     """Mean absolute relief (same units as ``disparity``, e.g. px) of one (H, W) map over a bool mask."""
-    disparity, mask = np.asarray(disparity, dtype=np.float64), np.asarray(mask, dtype=bool)
-    basis = quadratic_basis(*disparity.shape)
-    w = torch.from_numpy(mask.reshape(-1).astype(np.float64))
-    r = relief_map(torch.from_numpy(disparity.reshape(-1)), w, basis)
-    return float((w * r.abs()).sum() / w.sum().clamp_min(1.0))
+    keep = np.asarray(mask, dtype=bool)
+    return float(np.abs(relief_image(disparity, keep)[keep]).mean()) if keep.any() else 0.0

@@ -78,18 +78,10 @@ def relief_panels(gt: np.ndarray, aligned: np.ndarray, mask: np.ndarray, unit: s
     scale: the ground truth's and the affine-aligned prediction's, so a missing nose shows as a blank.
 
     Args: (H, W) ground truth and aligned prediction (same units, e.g. px), (H, W) bool mask."""
-    import torch
-
-    from dpface_lib.relief import quadratic_basis, relief_map
+    from dpface_lib.relief import relief_image
 
     keep = np.asarray(mask, dtype=bool)
-    basis = quadratic_basis(*keep.shape)
-    weight = torch.from_numpy(keep.reshape(-1).astype(np.float64))
-
-    def relief(values: np.ndarray) -> np.ndarray:
-        v = torch.from_numpy(np.where(keep, values, 0.0).reshape(-1).astype(np.float64))
-        return np.where(keep, relief_map(v, weight, basis).numpy().reshape(keep.shape), np.nan)
-
+    relief = lambda values: relief_image(values, keep)  # noqa: E731
     maps = {"GT relief beyond the bowl": relief(gt), "predicted relief (aligned)": relief(aligned)}
     # 3rd-97th percentile: the chin's edge, where no quadratic fits, would stretch the scale to 2 px
     top = max(abs(v) for v in robust_range(maps["GT relief beyond the bowl"], keep, 3.0))
