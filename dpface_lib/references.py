@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 from torch import nn
+from torch.utils.data import default_collate
 
 from dpface_lib.classical import BlockMatcher, ConstantPredictor, _outputs, best_constant
 from dpface_lib.data import FaceDPDataset, evenly_spaced
@@ -145,7 +146,7 @@ def choose_block_matcher(root: str | os.PathLike, fit_split: str = "train", val_
     lo, hi = _disparity_range(FaceDPDataset(root, fit_split))
     has_val = bool(val_split) and os.path.isfile(os.path.join(root, f"{val_split}.txt"))
     split = val_split if has_val else fit_split
-    batch = _collate(list(_samples(FaceDPDataset(root, split), max_samples)))
+    batch = default_collate(list(_samples(FaceDPDataset(root, split), max_samples)))
     scores = {}
     for sigma in sigmas:
         disp = BlockMatcher(lo, hi, step=0.5, window=15, smooth_sigma=sigma)(batch)["disparity"]
@@ -153,12 +154,6 @@ def choose_block_matcher(root: str | os.PathLike, fit_split: str = "train", val_
                                      .mean())
     best = min(scores, key=scores.get)
     return BlockMatcher(lo, hi, step=0.5, window=15, smooth_sigma=best), scores
-
-
-def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    from torch.utils.data import default_collate
-
-    return default_collate(samples)
 
 
 def build_reference(name: str, root: str | os.PathLike, *, fit_split: str = "train",
