@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dpface_lib.models.blocks import shift_rows
+from dpface_lib.models.blocks import check_volume_kind, shift_rows
 from dpface_lib.models.safeconv import Conv3d
 
 ASM_MODES = ("nearest", "bilinear", "phase")
@@ -159,10 +159,13 @@ class AdaptiveSamplingVolume(nn.Module):
         modes: shift operators, a non-empty subset of :data:`ASM_MODES`.
         use_attention: learned attention over the operators (else their mean).
         scale: feature resolution factor (4: features at 1/4 of the image).
+        volume: ``"concat"`` (the paper's) or ``"difference"`` (left minus right, C channels; the tiny
+            profile's, docs/training.md).
 
     forward(left (B, C, h, w), right (B, C, h, w)) -> dict
-        ``volume`` (B, 2C, L, h, w): ``[:, :C, i]`` = left sampled at ``y - δ_i/2``, ``[:, C:, i]`` = right
-        sampled at ``y + δ_i/2`` (``δ_i = D_i / scale``), each fused over the operators;
+        ``volume`` (B, 2C, L, h, w) for ``concat``: ``[:, :C, i]`` = left sampled at ``y - δ_i/2``,
+        ``[:, C:, i]`` = right sampled at ``y + δ_i/2`` (``δ_i = D_i / scale``), each fused over the
+        operators; (B, C, L, h, w) for ``difference``: the first half minus the second;
         ``attention`` (B, 2, L, M, h, w) or None: the attention weights averaged over the channels
         (view 0 = left), for visualisation.
     """
@@ -174,8 +177,10 @@ class AdaptiveSamplingVolume(nn.Module):
         modes: Sequence[str] = ASM_MODES,
         use_attention: bool = True,
         scale: int = 4,
+        volume: str = "concat",
     ) -> None:
         super().__init__()
+        self.volume = check_volume_kind(volume)
         modes = tuple(modes)
         if not modes or any(m not in ASM_MODES for m in modes) or len(set(modes)) != len(modes):
             raise ValueError(
@@ -200,6 +205,9 @@ class AdaptiveSamplingVolume(nn.Module):
         candidates = torch.stack([cand_left, cand_right], dim=1)  # (B, 2, L, C, M, h, w)
         fused, weights = self.attention(candidates.reshape(b * 2 * levels, c, n_modes, h, w))
         fused = fused.reshape(b, 2, levels, c, h, w)
-        volume = fused.permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * c, levels, h, w)
+        if self.volume == "difference":
+            volume = (fused[:, 0] - fused[:, 1]).transpose(1, 2)  # (B, C, L, h, w)
+        else:
+            volume = fused.permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * c, levels, h, w)
         attention = None if weights is None else weights.mean(dim=1).reshape(b, 2, levels, n_modes, h, w)
         return {"volume": volume, "attention": attention}

@@ -30,6 +30,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 SHIFT_MODES = ("integer", "linear")
+#: Cost volumes of the stereo models: PSMNet's concatenation ``[ref, tgt]`` (2C channels) or StereoNet's
+#: difference ``ref - tgt`` (C channels).
+VOLUME_KINDS = ("concat", "difference")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,6 +259,33 @@ def difference_cost_volume(
     ones = torch.ones_like(ref[:, :1])
     slices = [ref * shift_rows(ones, s, mode) - shift_rows(tgt, s, mode) for s in shifts]
     return torch.stack(slices, dim=2)
+
+
+def check_volume_kind(kind: str) -> str:
+    """``kind`` if it is one of :data:`VOLUME_KINDS`, else a ValueError naming the choices."""
+    if kind not in VOLUME_KINDS:
+        raise ValueError(f"volume must be one of {VOLUME_KINDS}, got {kind!r}")
+    return kind
+
+
+def volume_channels(channels: int, kind: str) -> int:
+    """Channels of a cost volume built from C-channel features: 2C (``concat``) or C (``difference``)."""
+    return (2 if check_volume_kind(kind) == "concat" else 1) * channels
+
+
+def cost_volume(
+    ref: torch.Tensor, tgt: torch.Tensor, shifts: Sequence[float], mode: str, kind: str = "concat"
+) -> torch.Tensor:
+    """A row cost volume of either kind: (B, C, h, w) ×2 -> (B, :func:`volume_channels`, D, h, w).
+
+    ``concat`` (:func:`concat_cost_volume`) lets the 3-D layers see each view's features as they are, so a
+    network can read the face's outline from the reference view alone; ``difference``
+    (:func:`difference_cost_volume`) keeps only what changes between the views at each shift, the matching
+    signal itself (see docs/training.md for what this does to a short run on DP faces).
+    """
+    if check_volume_kind(kind) == "concat":
+        return concat_cost_volume(ref, tgt, shifts, mode)
+    return difference_cost_volume(ref, tgt, shifts, mode)
 
 
 # ----------------------------------------------------------------------------------------------

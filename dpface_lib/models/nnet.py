@@ -30,10 +30,11 @@ from dpface_lib.geometry import unit_vectors
 from dpface_lib.models.blocks import (
     SHIFT_MODES,
     check_divisible,
-    concat_cost_volume,
+    check_volume_kind,
     conv_bn_3d,
     conv_bn_relu_3d,
     coordinate_volume,
+    cost_volume,
     dilated_head,
     disparity_bins,
     disparity_levels,
@@ -42,6 +43,7 @@ from dpface_lib.models.blocks import (
     init_msra_normal,
     regress_volume,
     require_keys,
+    volume_channels,
 )
 from dpface_lib.models.psmnet import PSMNetFeatures
 from dpface_lib.models.safeconv import Conv3d
@@ -62,6 +64,8 @@ class NNet(nn.Module):
         shift_mode: ``"integer"`` (release) or ``"linear"`` row shifts.
         loss_weights: smooth-L1 weights of [refined, unrefined].
         normal_weight: λ of the cosine normal loss.
+        volume: ``"concat"`` (the release's 2C-channel volume) or ``"difference"`` (C channels, ``ref - tgt``;
+            the tiny profile's, docs/training.md).
     """
 
     def __init__(
@@ -74,8 +78,10 @@ class NNet(nn.Module):
         shift_mode: str = "integer",
         loss_weights: Sequence[float] = (1.0, 1.0),
         normal_weight: float = 1.0,
+        volume: str = "concat",
     ) -> None:
         super().__init__()
+        self.volume = check_volume_kind(volume)
         if shift_mode not in SHIFT_MODES:
             raise ValueError(f"shift_mode must be one of {SHIFT_MODES}, got {shift_mode!r}")
         if levels < 2 or levels & (levels - 1):
@@ -88,7 +94,7 @@ class NNet(nn.Module):
         self.loss_terms = {"smooth_l1": 1.0, "cosine": float(normal_weight)}
         c = channels
         self.features = PSMNetFeatures(3, c, blocks, spp_align_corners=False)
-        self.dres0 = nn.Sequential(*conv_bn_relu_3d(2 * c, c), *conv_bn_relu_3d(c, c))
+        self.dres0 = nn.Sequential(*conv_bn_relu_3d(volume_channels(c, volume), c), *conv_bn_relu_3d(c, c))
         self.dres = nn.ModuleList(
             [nn.Sequential(*conv_bn_relu_3d(c, c), *conv_bn_3d(c, c)) for _ in range(4)]
         )
@@ -109,7 +115,7 @@ class NNet(nn.Module):
         check_divisible(left, 4, "NNet")
         ref, tgt = self.features(imagenet_normalize(torch.cat([left, right]))).chunk(2)
         shifts = disparity_levels(self.min_disp, self.max_disp, self.levels, scale=4)
-        volume = concat_cost_volume(ref, tgt, shifts, self.shift_mode)
+        volume = cost_volume(ref, tgt, shifts, self.shift_mode, self.volume)
         cost_in0 = self.dres0(volume)
         cost0 = cost_in0
         for block in self.dres:

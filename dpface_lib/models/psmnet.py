@@ -25,8 +25,9 @@ from dpface_lib.models.blocks import (
     SHIFT_MODES,
     ResidualBlock,
     check_divisible,
-    concat_cost_volume,
+    check_volume_kind,
     conv_bn_relu,
+    cost_volume,
     disparity_bins,
     disparity_levels,
     disparity_outputs,
@@ -34,6 +35,7 @@ from dpface_lib.models.blocks import (
     init_msra_normal,
     regress_volume,
     require_keys,
+    volume_channels,
 )
 from dpface_lib.models.hourglass import StackedHourglass
 
@@ -104,6 +106,8 @@ class PSMNet(nn.Module):
         blocks: residual blocks of layer1..layer4 (3, 16, 3, 3 in the paper).
         shift_mode: ``"integer"`` (release) or ``"linear"`` row shifts for the cost volume.
         loss_weights: smooth-L1 weights of the three outputs.
+        volume: ``"concat"`` (the paper's 2C-channel volume) or ``"difference"`` (StereoNet's C-channel
+            ``ref - tgt``, which the tiny profile uses; docs/training.md).
     """
 
     loss_terms = {"smooth_l1": 1.0}
@@ -117,8 +121,10 @@ class PSMNet(nn.Module):
         blocks: Sequence[int] = (3, 16, 3, 3),
         shift_mode: str = "integer",
         loss_weights: Sequence[float] = (1.0, 0.7, 0.5),
+        volume: str = "concat",
     ) -> None:
         super().__init__()
+        self.volume = check_volume_kind(volume)
         if shift_mode not in SHIFT_MODES:
             raise ValueError(f"shift_mode must be one of {SHIFT_MODES}, got {shift_mode!r}")
         if levels % 4:
@@ -129,7 +135,7 @@ class PSMNet(nn.Module):
         self.shift_mode = shift_mode
         self.loss_weights = [float(w) for w in loss_weights]
         self.features = PSMNetFeatures(3, channels, blocks)
-        self.aggregation = StackedHourglass(2 * channels, channels)
+        self.aggregation = StackedHourglass(volume_channels(channels, volume), channels)
         self.register_buffer("bins", disparity_bins(min_disp, max_disp, 4 * levels), persistent=False)
         init_msra_normal(self)
 
@@ -141,7 +147,7 @@ class PSMNet(nn.Module):
         # when an SPP branch pools to 1×1)
         ref, tgt = self.features(imagenet_normalize(torch.cat([left, right]))).chunk(2)
         shifts = disparity_levels(self.min_disp, self.max_disp, self.levels, scale=4)
-        volume = concat_cost_volume(ref, tgt, shifts, self.shift_mode)
+        volume = cost_volume(ref, tgt, shifts, self.shift_mode, self.volume)
         size = tuple(left.shape[-2:])
         disparities = [regress_volume(c, size, self.bins) for c in self.aggregation(volume)]
         return disparity_outputs(disparities, batch)

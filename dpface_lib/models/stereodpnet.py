@@ -46,6 +46,7 @@ from dpface_lib.models.blocks import (
     init_msra_normal,
     require_keys,
     softmax_bins,
+    volume_channels,
 )
 from dpface_lib.models.hourglass import StackedHourglass
 from dpface_lib.models.resample import upsample_volume
@@ -143,6 +144,8 @@ class StereoDPNet(nn.Module):
         anm_channels, anm_head_channels, anm_top_k: ANM width, 2-D head widths, hypotheses per pixel.
         anm_squash: the paper's ``2 sigmoid - 1`` on the ANM head outputs (``False``: raw outputs averaged).
         loss_weights: smooth-L1 weights of the three disparity outputs; normal_loss_weight: cosine term.
+        volume: the ASM volume, ``"concat"`` (the paper's) or ``"difference"`` (left minus right; the tiny
+            profile's, docs/training.md).
     """
 
     def __init__(
@@ -162,6 +165,7 @@ class StereoDPNet(nn.Module):
         anm_squash: bool = True,
         loss_weights: Sequence[float] = (1.0, 0.7, 0.5),
         normal_loss_weight: float = 1.0,
+        volume: str = "concat",
     ) -> None:
         super().__init__()
         if levels % 4:
@@ -184,8 +188,10 @@ class StereoDPNet(nn.Module):
             persistent=False,
         )
         self.features = DPFeatures(channels, block_stack)
-        self.asm = AdaptiveSamplingVolume(channels, level_disparities.tolist(), asm_modes, use_attention)
-        self.aggregation = StackedHourglass(2 * channels, channels)
+        self.asm = AdaptiveSamplingVolume(
+            channels, level_disparities.tolist(), asm_modes, use_attention, volume=volume
+        )
+        self.aggregation = StackedHourglass(volume_channels(channels, volume), channels)
         self.anm = (
             AdaptiveNormalModule(
                 channels,

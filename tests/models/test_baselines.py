@@ -13,6 +13,7 @@ from dpface_lib.losses import model_loss
 from dpface_lib.models import build_model
 from dpface_lib.models.blocks import (
     concat_cost_volume,
+    cost_volume,
     count_parameters,
     difference_cost_volume,
     disparity_bins,
@@ -20,6 +21,7 @@ from dpface_lib.models.blocks import (
     regress_volume,
     shift_rows,
     soft_argmin,
+    volume_channels,
 )
 
 BASELINES = ["psmnet", "dpnet", "stereonet", "nnet", "bts"]
@@ -115,6 +117,33 @@ def test_cost_volumes_match_at_the_true_disparity():
     diff = difference_cost_volume(left, right, shifts, "integer")
     energy = diff.abs().sum(dim=(0, 1, 3, 4))
     assert energy.argmin().item() == 3 and energy[3] == 0
+
+
+def test_cost_volume_dispatches_by_kind_and_rejects_others():
+    torch.manual_seed(0)
+    ref, tgt = torch.randn(2, 3, 10, 6), torch.randn(2, 3, 10, 6)
+    shifts = [-0.5, 0.0, 1.25]
+    assert torch.equal(cost_volume(ref, tgt, shifts, "linear", "concat"),
+                       concat_cost_volume(ref, tgt, shifts, "linear"))
+    diff = cost_volume(ref, tgt, shifts, "linear", "difference")
+    assert diff.shape == (2, volume_channels(3, "difference"), 3, 10, 6)
+    # level 0.0 is the plain difference; level 1.25 interpolates the target between rows y+1 and y+2
+    assert torch.allclose(diff[:, :, 1], ref - tgt)
+    want = ref[..., :8, :] - (0.75 * tgt[..., 1:9, :] + 0.25 * tgt[..., 2:10, :])
+    assert torch.allclose(diff[:, :, 2, :8], want, atol=1e-6)
+    assert volume_channels(3, "concat") == 6
+    with pytest.raises(ValueError, match="volume must be one of"):
+        cost_volume(ref, tgt, shifts, "linear", "sum")
+
+
+@pytest.mark.parametrize("name", ["psmnet", "nnet"])
+def test_difference_volume_models_run_and_take_c_channels(name):
+    torch.manual_seed(0)
+    model = build_model(name, profile="tiny", volume="difference")
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv3d))
+    assert first.in_channels == model.features.lastconv[-1].out_channels
+    out = model(synthetic_batch(1, 64, 96))
+    assert torch.isfinite(out["disparity"]).all()
 
 
 def test_soft_argmin_recovers_a_peaked_bin_and_regress_upsamples():

@@ -156,6 +156,25 @@ def test_asm_levels_are_each_levels_own_shift():
     assert asm(left[..., :8, :], right[..., :8, :])["volume"].shape == (1, 8, 8, 8, 12)
 
 
+def test_asm_difference_volume_is_left_minus_right_and_vanishes_at_the_true_disparity():
+    levels = [-4.0, 0.0, 4.0, 8.0]
+    asm = AdaptiveSamplingVolume(3, levels, modes=("bilinear",), use_attention=False, volume="difference")
+    torch.manual_seed(0)
+    left = torch.rand(1, 3, 16, 6, dtype=torch.float64)
+    right = torch.zeros_like(left)
+    right[..., 1:, :] = left[..., :-1, :]  # right(y) = left(y - 1): 1 px at 1/4 is level 4.0
+    volume = asm(left, right)["volume"]
+    assert volume.shape == (1, 3, 4, 16, 6)
+    for i, d in enumerate(levels):
+        half = d / 4 / 2
+        want = grid_sample_rows(left, -half, "bilinear") - grid_sample_rows(right, half, "bilinear")
+        torch.testing.assert_close(volume[:, :, i], want)
+    energy = volume[..., 2:-2, :].abs().sum(dim=(0, 1, 3, 4))
+    assert energy.argmin().item() == 2 and energy[2] < 1e-12
+    with pytest.raises(ValueError, match="volume must be one of"):
+        AdaptiveSamplingVolume(3, levels, volume="product")
+
+
 def test_asm_slices_differ_with_every_operator_and_attention():
     asm = AdaptiveSamplingVolume(4, [-4.0, 0.0, 4.0, 8.0], use_attention=True).eval()
     volume = asm(torch.rand(1, 4, 16, 8), torch.rand(1, 4, 16, 8))
