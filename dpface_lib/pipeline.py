@@ -349,7 +349,7 @@ def run_pipeline(
     todo = [run for run in runs if (run.step, str(out / f"{run.name}.ipynb")) not in done]
     resolved = {run.name: _resolve_parameters(run, out, overrides, dataset=dataset) for run in todo}
     plan = plan_runs(todo, resolved, _declared_parameters, out, measure=estimate)
-    for run in Progress(todo, plan.seconds):
+    for run in Progress(todo, plan.seconds, measured=plan.measured or None):
         output = out / f"{run.name}.ipynb"
         params = resolved[run.name]
         row = {"step": run.step, "notebook": str(run.notebook.relative_to(REPO_ROOT))

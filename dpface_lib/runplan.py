@@ -49,6 +49,8 @@ class Plan:
     seconds: dict[str, float] = field(default_factory=dict)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     host: dict[str, Any] = field(default_factory=dict)
+    #: runs whose estimate comes from steps measured on this host (the others have a nominal share)
+    measured: set[str] = field(default_factory=set)
 
     @property
     def total(self) -> float:
@@ -179,6 +181,7 @@ def plan_runs(runs: Iterable[Any], parameters: Mapping[str, dict[str, Any]], dec
         scored = m["test_samples"] + _CURVE_SAMPLES + int(values.get("val_points") or 0) * int(
             values.get("val_samples") or 0)
         trained[run.name] = str(model)
+        plan.measured.add(run.name)
         plan.seconds[run.name] = m["max_steps"] * m["step_s"] + scored * m["eval_sample_s"] + OTHER_NOTEBOOK_S
     precisions = {model: s["precision"] for model, s in plan.steps.items()}
     plan.host = host_record(precisions or None)
@@ -228,12 +231,21 @@ class Progress:
     """One progress bar over a pipeline's runs in estimated seconds, with an ETA: tqdm on a terminal, else a
     plain line per finished run (``pipeline: train__model-dpnet done; 3 notebook(s), 40 % of the estimate in
     5 min; about 8 min left``). ``seconds``: estimate per run name (unknown names count
-    :data:`OTHER_NOTEBOOK_S`)."""
+    :data:`OTHER_NOTEBOOK_S`).
+
+    The time left is the remaining estimate times this host's pace, the actual over the estimated seconds of
+    the finished runs in ``measured`` (those whose estimate was measured here; default: every run). A
+    notebook with only a nominal share that takes ten times its share therefore does not multiply the
+    estimate of the training runs after it. ``clock``: seconds (tests pass a fake one)."""
 
     def __init__(self, runs: list[Any], seconds: Mapping[str, float], *, stream: Any = None,
-                 tty: bool | None = None) -> None:
+                 tty: bool | None = None, measured: Iterable[str] | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         from tqdm.auto import tqdm
 
+        self.clock = clock
+        self.measured = None if measured is None else set(measured)
+        self.paced_actual = self.paced_estimate = 0.0
         self.runs, self.stream = list(runs), stream or sys.stderr
         self.weights = [float(seconds.get(run.name, OTHER_NOTEBOOK_S)) for run in self.runs]
         self.total = sum(self.weights)
@@ -241,7 +253,8 @@ class Progress:
         self.bar = tqdm(total=round(self.total), desc="pipeline", unit="s", file=self.stream,
                         disable=not self.tty, bar_format="{l_bar}{bar}| {n}/{total} estimated s "
                         "[{elapsed}<{remaining}{postfix}]")
-        self.done_weight, self.count, self.start = 0.0, 0, time.perf_counter()
+        self.done_weight, self.count = 0.0, 0
+        self.start = self.last = self.clock()
 
     def __iter__(self) -> Iterator[Any]:
         """The runs in order; a run's share is counted when the loop asks for the next one."""
@@ -252,13 +265,19 @@ class Progress:
         self.bar.close()
 
     def _advance(self, run: Any, weight: float) -> None:
+        now = self.clock()
+        if self.measured is None or run.name in self.measured:
+            self.paced_actual += now - self.last
+            self.paced_estimate += weight
+        self.last = now
         self.done_weight += weight
         self.count += 1
         self.bar.update(round(weight))
         if not self.tty:
-            elapsed = time.perf_counter() - self.start
+            elapsed = now - self.start
             share = self.done_weight / self.total if self.total else 1.0
-            left = elapsed / share * (1 - share) if share > 0 else float("nan")
+            pace = self.paced_actual / self.paced_estimate if self.paced_estimate > 0 else 1.0
+            left = (self.total - self.done_weight) * pace
             print(f"pipeline: {run.name} done; {self.count} of {len(self.runs)} notebook(s), "
                   f"{100 * share:.0f} % of the estimate in {_minutes(elapsed)}; about {_minutes(left)} left",
                   file=self.stream, flush=True)

@@ -131,3 +131,19 @@ def test_progress_bar_counts_estimated_seconds_with_an_eta() -> None:
     text = tty.getvalue()
     total = round(40 + OTHER_NOTEBOOK_S)
     assert "pipeline" in text and f"{total}/{total} estimated s" in text
+
+
+def test_progress_paces_the_time_left_by_the_measured_runs_only() -> None:
+    """A notebook with a nominal share that runs 20x longer than it must not multiply the estimate of the
+    measured training runs after it; a training run twice as slow as measured doubles what is left."""
+    runs = [SimpleNamespace(name=n) for n in ("tour", "train_a", "train_b", "train_c")]
+    seconds = {"tour": 30.0, "train_a": 100.0, "train_b": 100.0, "train_c": 100.0}
+    ticks = iter([0.0, 600.0, 800.0, 1000.0, 1200.0])  # start, then the end of each run
+    stream = io.StringIO()
+    bar = Progress(runs, seconds, stream=stream, tty=False, measured={"train_a", "train_b", "train_c"},
+                   clock=lambda: next(ticks))
+    list(bar)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].endswith("about 5 min left")  # 300 estimated s at the nominal pace, not 600/30 x 300 s
+    assert lines[1].endswith("about 7 min left")  # train_a took 200 s for 100: 200 s x 2 = 400 s
+    assert lines[3].endswith("about 0 s left")
