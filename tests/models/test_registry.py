@@ -51,7 +51,9 @@ def test_unknown_profile_lists_the_profiles():
 
 
 def test_profile_and_overrides_are_applied_in_order():
-    assert model_args("psmnet", "tiny")["channels"] == 8
+    tiny_channels = load_config("psmnet")["profiles"]["tiny"]["model"]["channels"]
+    assert tiny_channels != model_args("psmnet", "full")["channels"]
+    assert model_args("psmnet", "tiny")["channels"] == tiny_channels
     assert model_args("psmnet", "tiny", channels=4)["channels"] == 4
     small = count_parameters(build_model("psmnet", profile="tiny", channels=4))
     tiny = count_parameters(build_model("psmnet", profile="tiny"))
