@@ -98,13 +98,20 @@ class DPFeatures(nn.Module):
     firstconv (3 conv-bn-relu, stride 2) -> DPBlock(C, s2) [1/4] -> ``stack``×DPBlock(C) -> DPBlock(C, s2, ×2)
     [1/8] -> ``stack``×DPBlock(2C) -> DPBlock(2C, s2, ×2) [1/16] -> FPN (C, 2C, 4C -> C) -> 1/8 and 1/16
     upsampled bilinearly to 1/4 -> concat 3C -> conv-bn-relu to 2C -> conv-bn-relu to C.
+
+    ``pyramid=False`` stops at the 1/4 block (firstconv -> DPBlock(C, s2)): no coarser levels, no FPN. The
+    coarse levels see the whole face and let a short run settle on its outline instead of the DP shift
+    (docs/training.md); the tiny profile goes without them.
     """
 
-    def __init__(self, channels: int = 32, stack: int = 1) -> None:
+    def __init__(self, channels: int = 32, stack: int = 1, pyramid: bool = True) -> None:
         super().__init__()
         c = channels
+        self.pyramid = bool(pyramid)
         self.firstconv = nn.Sequential(*conv_bn_relu(3, c, 3, 2, 1), *conv_bn_relu(c, c), *conv_bn_relu(c, c))
         self.block1 = DPBlock(c, 2, 1)
+        if not self.pyramid:
+            return
         self.block2 = nn.Sequential(*[DPBlock(c) for _ in range(stack)], DPBlock(c, 2, 2))
         self.block3 = nn.Sequential(*[DPBlock(2 * c) for _ in range(stack)], DPBlock(2 * c, 2, 2))
         self.fpn = FeaturePyramidNetwork([c, 2 * c, 4 * c], c)
@@ -112,6 +119,8 @@ class DPFeatures(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         out1 = self.block1(self.firstconv(image))
+        if not self.pyramid:
+            return out1
         out2 = self.block2(out1)
         out3 = self.block3(out2)
         pyramid = list(self.fpn(OrderedDict(q=out1, e=out2, s=out3)).values())
@@ -146,6 +155,8 @@ class StereoDPNet(nn.Module):
         loss_weights: smooth-L1 weights of the three disparity outputs; normal_loss_weight: cosine term.
         volume: the ASM volume, ``"concat"`` (the paper's) or ``"difference"`` (left minus right; the tiny
             profile's, docs/training.md).
+        feature_pyramid: the paper's FPN over 1/4, 1/8 and 1/16 (``True``) or the 1/4 DP block alone
+            (:class:`DPFeatures`).
     """
 
     def __init__(
@@ -166,6 +177,7 @@ class StereoDPNet(nn.Module):
         loss_weights: Sequence[float] = (1.0, 0.7, 0.5),
         normal_loss_weight: float = 1.0,
         volume: str = "concat",
+        feature_pyramid: bool = True,
     ) -> None:
         super().__init__()
         if levels % 4:
@@ -187,7 +199,7 @@ class StereoDPNet(nn.Module):
             "bins", disparity_bins(self.min_disp, self.max_disp, 4 * self.levels, align_corners=True),
             persistent=False,
         )
-        self.features = DPFeatures(channels, block_stack)
+        self.features = DPFeatures(channels, block_stack, feature_pyramid)
         self.asm = AdaptiveSamplingVolume(
             channels, level_disparities.tolist(), asm_modes, use_attention, volume=volume
         )

@@ -118,7 +118,8 @@ def test_stereodpnet_aggregation_channels_last_equals_default_layout(mode):
     outputs and gradients to float32 rounding, with either weight-gradient path."""
     torch.manual_seed(0)
     model = build_model("stereodpnet", "tiny").train()
-    volume = torch.randn(2, 32, 4, 8, 8)
+    in_channels = next(m for m in model.aggregation.modules() if isinstance(m, torch.nn.Conv3d)).in_channels
+    volume = torch.randn(2, in_channels, 4, 8, 8)
     results = []
     previous = convgrad.set_mode(mode)
     try:

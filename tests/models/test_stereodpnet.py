@@ -21,6 +21,7 @@ from dpface_lib.models.asm import (
     shift_rows_phase,
 )
 from dpface_lib.models.blocks import count_parameters, hypothesis_points
+from dpface_lib.models.stereodpnet import DPFeatures
 
 
 @pytest.fixture(autouse=True)
@@ -173,6 +174,21 @@ def test_asm_difference_volume_is_left_minus_right_and_vanishes_at_the_true_disp
     assert energy.argmin().item() == 2 and energy[2] < 1e-12
     with pytest.raises(ValueError, match="volume must be one of"):
         AdaptiveSamplingVolume(3, levels, volume="product")
+
+
+def test_dp_features_without_the_pyramid_are_the_quarter_block_alone():
+    torch.manual_seed(0)
+    full = DPFeatures(8, 1, pyramid=True).eval()
+    fine = DPFeatures(8, 1, pyramid=False).eval()
+    fine.load_state_dict({k: v for k, v in full.state_dict().items()
+                          if k.startswith(("firstconv.", "block1."))})
+    image = torch.rand(2, 3, 32, 48)
+    with torch.no_grad():
+        out = fine(image)
+        want = full.block1(full.firstconv(image))
+    assert out.shape == (2, 8, 8, 12)
+    torch.testing.assert_close(out, want)
+    assert not hasattr(fine, "fpn") and count_parameters(fine) < count_parameters(full)
 
 
 def test_asm_slices_differ_with_every_operator_and_attention():
