@@ -157,6 +157,9 @@ class StereoDPNet(nn.Module):
             profile's, docs/training.md).
         feature_pyramid: the paper's FPN over 1/4, 1/8 and 1/16 (``True``) or the 1/4 DP block alone
             (:class:`DPFeatures`).
+        anm_detach: ``True`` stops the normal loss's gradient at the ANM's inputs (the last hourglass volume
+            and the disparity), so the cosine term trains the ANM and not the matching layers (the tiny
+            profile's; the paper trains both jointly, ``False``).
     """
 
     def __init__(
@@ -178,6 +181,7 @@ class StereoDPNet(nn.Module):
         normal_loss_weight: float = 1.0,
         volume: str = "concat",
         feature_pyramid: bool = True,
+        anm_detach: bool = False,
     ) -> None:
         super().__init__()
         if levels % 4:
@@ -190,6 +194,7 @@ class StereoDPNet(nn.Module):
             )
         self.min_disp, self.max_disp, self.levels = float(min_disp), float(max_disp), int(levels)
         self.use_anm = bool(use_anm)
+        self.anm_detach = bool(anm_detach)
         self.loss_weights = [float(w) for w in loss_weights]
         self.loss_terms = {"smooth_l1": 1.0, **({"cosine": float(normal_loss_weight)} if use_anm else {})}
         levels_px = disparity_levels(self.min_disp, self.max_disp, self.levels, align_corners=True)
@@ -246,8 +251,11 @@ class StereoDPNet(nn.Module):
         if asm["attention"] is not None:
             out["attention"] = asm["attention"].detach()
         if self.anm is not None:
+            volume_in, disparity_in = last_volume, out["disparity"]
+            if self.anm_detach:  # the normal loss trains the ANM only, not the matching trunk
+                volume_in, disparity_in = volume_in.detach(), disparity_in.detach()
             anm = self.anm(
-                last_volume, out["disparity"], self.level_disparities, batch["K"], batch["a"], batch["b"]
+                volume_in, disparity_in, self.level_disparities, batch["K"], batch["a"], batch["b"]
             )
             out["normal"] = anm["normal"]
             out["anm_hypotheses"] = anm["hypotheses"]

@@ -191,6 +191,21 @@ def test_dp_features_without_the_pyramid_are_the_quarter_block_alone():
     assert not hasattr(fine, "fpn") and count_parameters(fine) < count_parameters(full)
 
 
+def test_anm_detach_keeps_the_normal_loss_out_of_the_matching_layers():
+    batch = make_batch(batch=1)
+    grads = {}
+    for detach in (False, True):
+        model = tiny(anm_detach=detach).train()
+        out = model(batch)
+        (1 - out["normal"][:, 2]).mean().backward()  # a normal-only loss
+        grads[detach] = (model.features.block1.skip.weight.grad, model.anm.parameters().__next__().grad)
+    trunk_joint, anm_joint = grads[False]
+    trunk_detached, anm_detached = grads[True]
+    assert trunk_joint is not None and trunk_joint.abs().sum() > 0
+    assert trunk_detached is None or trunk_detached.abs().sum() == 0
+    assert anm_detached is not None and anm_detached.abs().sum() > 0
+
+
 def test_asm_slices_differ_with_every_operator_and_attention():
     asm = AdaptiveSamplingVolume(4, [-4.0, 0.0, 4.0, 8.0], use_attention=True).eval()
     volume = asm(torch.rand(1, 4, 16, 8), torch.rand(1, 4, 16, 8))
