@@ -252,17 +252,22 @@ class Progress:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
         self.bar = tqdm(total=round(self.total), desc="pipeline", unit="s", file=self.stream,
                         disable=not self.tty, bar_format="{l_bar}{bar}| {n}/{total} estimated s "
-                        "[{elapsed}<{remaining}{postfix}]")
+                        "[{elapsed}{postfix}]")  # the time left is paced here, not tqdm's extrapolation
         self.done_weight, self.count = 0.0, 0
         self.start = self.last = self.clock()
 
     def __iter__(self) -> Iterator[Any]:
         """The runs in order; a run's share is counted when the loop asks for the next one."""
         for run, weight in zip(self.runs, self.weights, strict=True):
-            self.bar.set_postfix_str(run.name)
+            self.bar.set_postfix_str(f"{run.name}; about {_minutes(self.seconds_left())} left")
             yield run
             self._advance(run, weight)
         self.bar.close()
+
+    def seconds_left(self) -> float:
+        """The remaining estimate at this host's pace (see the class docstring), in seconds."""
+        pace = self.paced_actual / self.paced_estimate if self.paced_estimate > 0 else 1.0
+        return (self.total - self.done_weight) * pace
 
     def _advance(self, run: Any, weight: float) -> None:
         now = self.clock()
@@ -276,8 +281,7 @@ class Progress:
         if not self.tty:
             elapsed = now - self.start
             share = self.done_weight / self.total if self.total else 1.0
-            pace = self.paced_actual / self.paced_estimate if self.paced_estimate > 0 else 1.0
-            left = (self.total - self.done_weight) * pace
+            left = self.seconds_left()
             print(f"pipeline: {run.name} done; {self.count} of {len(self.runs)} notebook(s), "
                   f"{100 * share:.0f} % of the estimate in {_minutes(elapsed)}; about {_minutes(left)} left",
                   file=self.stream, flush=True)

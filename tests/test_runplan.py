@@ -124,13 +124,14 @@ def test_progress_bar_counts_estimated_seconds_with_an_eta() -> None:
     share_after_b = round(100 * 40 / (40 + OTHER_NOTEBOOK_S))
     assert lines[1].startswith(f"pipeline: b done; 2 of 3 notebook(s), {share_after_b} % of the estimate")
     assert "about" in lines[1] and lines[2].endswith("about 0 s left")
-    # on a terminal: a tqdm bar in estimated seconds, with elapsed<remaining
+    # on a terminal: a tqdm bar in estimated seconds, with the run's name and the paced time left
     tty = io.StringIO()
     for _ in Progress(runs, {"a": 10.0, "b": 30.0}, stream=tty, tty=True):
         pass
     text = tty.getvalue()
     total = round(40 + OTHER_NOTEBOOK_S)
     assert "pipeline" in text and f"{total}/{total} estimated s" in text
+    assert "a; about" in text and "left" in text
 
 
 def test_progress_paces_the_time_left_by_the_measured_runs_only() -> None:
