@@ -186,6 +186,20 @@ def tiny_dataset(tmp_path: Path) -> Path:
     return write_tiny_dataset(tmp_path / "tiny")
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test, restored afterwards. Tiny models and small kernels are hundreds
+    of small ops: one thread is several times faster than two, and far faster on a busy machine where OpenMP
+    threads wait for each other. A module uses it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _packs_in_a_temporary_folder(tmp_path_factory):
     """Training runs of the tests build their data packs (dpface_lib.pack) outside the repository. (Not

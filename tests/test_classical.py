@@ -25,12 +25,7 @@ H, W = 96, 64
 BORDER = 16  # window / 2 + shift margin: the interior where every window sees valid texture
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _texture(seed: int = 0) -> np.ndarray:

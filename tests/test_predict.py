@@ -18,12 +18,7 @@ from dpface_lib.train import DPFaceModule
 A, B = -46190.0, 57.3  # a lens-like b, above every disparity bin of the tiny models (-4 ... 6 px)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

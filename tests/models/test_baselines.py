@@ -28,14 +28,7 @@ BASELINES = ["psmnet", "dpnet", "stereonet", "nnet", "bts"]
 A_MM, B_PX = -25000.0, 30.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP spinning makes them
-    ~50x slower; restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def synthetic_batch(

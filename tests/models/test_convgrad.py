@@ -13,13 +13,7 @@ import torch.nn.functional as F
 from dpface_lib.models import build_model, convgrad
 from dpface_lib.models.safeconv import Conv2d, Conv3d
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def weight_grad_by_definition(x, g, kernel, stride, padding, dilation):

@@ -23,15 +23,7 @@ from dpface_lib.models.asm import (
 from dpface_lib.models.blocks import count_parameters, hypothesis_points
 from dpface_lib.models.stereodpnet import DPFeatures
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model is hundreds of small ops: one intra-op thread is several times faster than two (and far
-    faster on a busy machine, where OpenMP threads wait for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 SIZE = 32  # the smallest size the model takes (1/4 maps of 8 rows for two stride-2 hourglass stages)
