@@ -181,8 +181,8 @@ def plan_runs(runs: Iterable[Any], parameters: Mapping[str, dict[str, Any]], dec
         scored = m["test_samples"] + _CURVE_SAMPLES + int(values.get("val_points") or 0) * int(
             values.get("val_samples") or 0)
         trained[run.name] = str(model)
-        plan.measured.add(run.name)
         plan.seconds[run.name] = m["max_steps"] * m["step_s"] + scored * m["eval_sample_s"] + OTHER_NOTEBOOK_S
+    plan.measured = set(trained)
     precisions = {model: s["precision"] for model, s in plan.steps.items()}
     plan.host = host_record(precisions or None)
     record = {**plan.host, "measured": plan.steps, "measure_seconds": round(time.perf_counter() - started, 1),
